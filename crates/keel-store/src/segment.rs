@@ -1,0 +1,349 @@
+//! A directory of numbered, append-only segment files.
+//!
+//! The segment log only moves bytes: callers frame their records with
+//! [`crate::frame`] and decide what the records mean. It guarantees:
+//!
+//! - appends go to the end of the newest ("active") segment, and
+//!   [`SegmentLog::sync`] makes every byte appended so far durable;
+//! - a new segment is only started after the previous one is durable
+//!   ([`SegmentLog::roll`]), so data in sealed segments never depends on a
+//!   later fsync;
+//! - readers can read any segment concurrently with the writer (positional
+//!   reads on shared file handles); a removed segment stays readable by a
+//!   reader that already holds its handle;
+//! - **I/O failures latch**: after a failed write or fsync the log refuses
+//!   every further write until it is reopened, because the kernel may have
+//!   dropped the dirty pages and a retried fsync would lie.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::error::{IoContext, Result, StoreError};
+use crate::fsutil::{create_dir_durable, fsync_dir};
+
+/// Whether a log may be written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    ReadWrite,
+    /// For inspection while another process may be writing: nothing is
+    /// created, truncated or removed.
+    ReadOnly,
+}
+
+#[derive(Debug)]
+struct Writer {
+    active: u32,
+    file: Arc<File>,
+    len: u64,
+    poisoned: Option<String>,
+}
+
+/// A numbered sequence of append-only files `NNNNNNNN.<extension>`.
+#[derive(Debug)]
+pub struct SegmentLog {
+    dir: PathBuf,
+    extension: &'static str,
+    files: RwLock<BTreeMap<u32, Arc<File>>>,
+    writer: Option<Mutex<Writer>>,
+}
+
+impl SegmentLog {
+    /// Opens (and in read-write mode creates) the log in `dir`.
+    pub fn open(dir: &Path, extension: &'static str, mode: Mode) -> Result<SegmentLog> {
+        if mode == Mode::ReadWrite {
+            create_dir_durable(dir)?;
+        }
+        let ids = list_segments(dir, extension)?;
+        let mut files = BTreeMap::new();
+        for &id in &ids {
+            let path = segment_path(dir, extension, id);
+            let file = File::open(&path).context("open segment", &path)?;
+            files.insert(id, Arc::new(file));
+        }
+        let mut log = SegmentLog {
+            dir: dir.to_path_buf(),
+            extension,
+            files: RwLock::new(files),
+            writer: None,
+        };
+        if mode == Mode::ReadWrite {
+            let active = ids.last().copied().unwrap_or(1);
+            let file = log.open_for_append(active)?;
+            let len = file
+                .metadata()
+                .context("stat segment", &log.path_of(active))?
+                .len();
+            log.writer = Some(Mutex::new(Writer {
+                active,
+                file,
+                len,
+                poisoned: None,
+            }));
+        }
+        Ok(log)
+    }
+
+    fn open_for_append(&self, id: u32) -> Result<Arc<File>> {
+        let path = self.path_of(id);
+        let existed = path.exists();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .context("open segment for writing", &path)?;
+        if !existed {
+            fsync_dir(&self.dir)?;
+        }
+        let file = Arc::new(file);
+        self.files.write().insert(id, file.clone());
+        Ok(file)
+    }
+
+    /// The directory holding the segments.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Path of segment `id`.
+    pub fn path_of(&self, id: u32) -> PathBuf {
+        segment_path(&self.dir, self.extension, id)
+    }
+
+    /// Ids of every segment, oldest first.
+    pub fn segment_ids(&self) -> Vec<u32> {
+        self.files.read().keys().copied().collect()
+    }
+
+    /// Id of the segment appends go to (`None` when read-only).
+    pub fn active_id(&self) -> Option<u32> {
+        self.writer.as_ref().map(|w| w.lock().active)
+    }
+
+    /// Current length of the active segment.
+    pub fn active_len(&self) -> u64 {
+        self.writer.as_ref().map_or(0, |w| w.lock().len)
+    }
+
+    fn file(&self, id: u32) -> Option<Arc<File>> {
+        self.files.read().get(&id).cloned()
+    }
+
+    /// Reads a whole segment (for recovery scans).
+    pub fn read_segment(&self, id: u32) -> Result<Vec<u8>> {
+        let path = self.path_of(id);
+        let Some(file) = self.file(id) else {
+            return Err(StoreError::io(
+                "read segment",
+                path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        };
+        let len = file.metadata().context("stat segment", &path)?.len();
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, 0)
+            .context("read segment", &path)?;
+        Ok(buf)
+    }
+
+    /// Reads `len` bytes at `offset` of segment `id`; `Ok(None)` if the
+    /// segment no longer exists or is shorter than asked.
+    pub fn read_at(&self, id: u32, offset: u64, len: usize) -> Result<Option<Vec<u8>>> {
+        let Some(file) = self.file(id) else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; len];
+        match file.read_exact_at(&mut buf, offset) {
+            Ok(()) => Ok(Some(buf)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(StoreError::io("read segment", self.path_of(id), e)),
+        }
+    }
+
+    fn writer(&self) -> Result<parking_lot::MutexGuard<'_, Writer>> {
+        let writer = self.writer.as_ref().ok_or(StoreError::ReadOnly)?.lock();
+        if let Some(cause) = &writer.poisoned {
+            return Err(StoreError::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        Ok(writer)
+    }
+
+    /// Appends `bytes` (one or more framed records) to the active segment and
+    /// returns `(segment, offset)` where they start. Not durable until [`sync`](Self::sync).
+    pub fn append(&self, bytes: &[u8]) -> Result<(u32, u64)> {
+        let mut writer = self.writer()?;
+        let offset = writer.len;
+        if let Err(e) = writer.file.write_all_at(bytes, offset) {
+            let error = StoreError::io("append to segment", self.path_of(writer.active), e);
+            writer.poisoned = Some(error.to_string());
+            // Whatever was partly written past `offset` is garbage; the next
+            // open truncates it as a torn tail.
+            return Err(error);
+        }
+        writer.len += bytes.len() as u64;
+        Ok((writer.active, offset))
+    }
+
+    /// Makes every appended byte durable (fdatasync of the active segment).
+    pub fn sync(&self) -> Result<()> {
+        let mut writer = self.writer()?;
+        if let Err(e) = writer.file.sync_data() {
+            let error = StoreError::io("fsync segment", self.path_of(writer.active), e);
+            writer.poisoned = Some(error.to_string());
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment (after making it durable) and starts a new
+    /// one. Returns the id of the sealed segment.
+    pub fn roll(&self) -> Result<u32> {
+        let mut writer = self.writer()?;
+        if let Err(e) = writer.file.sync_data() {
+            let error = StoreError::io("fsync segment", self.path_of(writer.active), e);
+            writer.poisoned = Some(error.to_string());
+            return Err(error);
+        }
+        let sealed = writer.active;
+        let next = sealed.checked_add(1).expect("segment ids exhausted");
+        let file = self.open_for_append(next)?;
+        writer.active = next;
+        writer.file = file;
+        writer.len = 0;
+        Ok(sealed)
+    }
+
+    /// Cuts the log back to `len` bytes of segment `id`, removing every newer
+    /// segment; `id` becomes the active segment. Durable on return.
+    pub fn truncate_to(&self, id: u32, len: u64) -> Result<()> {
+        let mut writer = self.writer()?;
+        let newer: Vec<u32> = self.files.read().range(id + 1..).map(|(&k, _)| k).collect();
+        for segment in newer.into_iter().rev() {
+            self.unlink(segment)?;
+        }
+        let file = if writer.active == id {
+            writer.file.clone()
+        } else {
+            self.open_for_append(id)?
+        };
+        let path = self.path_of(id);
+        file.set_len(len).context("truncate segment", &path)?;
+        file.sync_all().context("fsync segment", &path)?;
+        fsync_dir(&self.dir)?;
+        writer.active = id;
+        writer.file = file;
+        writer.len = len;
+        Ok(())
+    }
+
+    /// Overwrites bytes inside an existing segment and makes them durable.
+    /// Only used to replace a damaged range with a padding record.
+    pub fn overwrite(&self, id: u32, offset: u64, bytes: &[u8]) -> Result<()> {
+        let _writer = self.writer()?;
+        let path = self.path_of(id);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .context("open segment for repair", &path)?;
+        file.write_all_at(bytes, offset)
+            .context("repair segment", &path)?;
+        file.sync_data().context("fsync segment", &path)
+    }
+
+    /// Removes a sealed segment. Durable on return.
+    pub fn remove(&self, id: u32) -> Result<()> {
+        let writer = self.writer()?;
+        assert_ne!(
+            writer.active, id,
+            "the active segment {id} cannot be removed"
+        );
+        drop(writer);
+        self.unlink(id)?;
+        fsync_dir(&self.dir)
+    }
+
+    fn unlink(&self, id: u32) -> Result<()> {
+        self.files.write().remove(&id);
+        let path = self.path_of(id);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io("remove segment", path, e)),
+        }
+    }
+
+    /// Total bytes in all segments.
+    pub fn total_bytes(&self) -> u64 {
+        self.files
+            .read()
+            .values()
+            .map(|f| f.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+}
+
+fn segment_path(dir: &Path, extension: &str, id: u32) -> PathBuf {
+    dir.join(format!("{id:08}.{extension}"))
+}
+
+fn list_segments(dir: &Path, extension: &str) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+        Err(e) => return Err(StoreError::io("list segments", dir, e)),
+    };
+    for entry in entries {
+        let entry = entry.context("list segments", dir)?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name
+            .strip_suffix(extension)
+            .and_then(|s| s.strip_suffix('.'))
+        else {
+            continue;
+        };
+        if stem.len() == 8 {
+            if let Ok(id) = stem.parse::<u32>() {
+                ids.push(id);
+            }
+        }
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn append_roll_read_truncate() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open(dir.path(), "seg", Mode::ReadWrite).unwrap();
+        assert_eq!(log.append(b"hello").unwrap(), (1, 0));
+        assert_eq!(log.append(b"world").unwrap(), (1, 5));
+        log.sync().unwrap();
+        assert_eq!(log.roll().unwrap(), 1);
+        assert_eq!(log.append(b"next").unwrap(), (2, 0));
+        assert_eq!(log.read_at(1, 5, 5).unwrap().unwrap(), b"world");
+        assert_eq!(log.read_at(1, 8, 5).unwrap(), None, "short read is None");
+        assert_eq!(log.segment_ids(), vec![1, 2]);
+        log.truncate_to(1, 5).unwrap();
+        assert_eq!(log.segment_ids(), vec![1]);
+        assert_eq!(log.read_segment(1).unwrap(), b"hello");
+        assert_eq!(log.append(b"!").unwrap(), (1, 5));
+        drop(log);
+        let reopened = SegmentLog::open(dir.path(), "seg", Mode::ReadOnly).unwrap();
+        assert_eq!(reopened.read_segment(1).unwrap(), b"hello!");
+        assert!(matches!(reopened.append(b"x"), Err(StoreError::ReadOnly)));
+    }
+}

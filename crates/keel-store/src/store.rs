@@ -1,0 +1,1055 @@
+//! The store: one node's content-addressed, checkpointed key-value state.
+//!
+//! ## Guarantees
+//! - [`Store::commit`] returns only after the transaction's blobs, its new
+//!   root and its revision are durable (one fdatasync of the pack).
+//! - A crash at any instant leaves the last acknowledged commit readable and
+//!   nothing half-applied: recovery only accepts a commit record whose whole
+//!   prefix of the log is intact (or, after damage in the middle, whose whole
+//!   tree is present).
+//! - Revisions grow by one per transaction that changes something and are
+//!   never reused, not even after a rollback or restore.
+//! - Readers never block writers: a [`Snapshot`] is an immutable root.
+//!
+//! ## Apply and flush
+//! [`Store::apply`] changes the in-memory tree only (new chunks go to the pack
+//! unsynced); [`Store::flush`] writes the changed nodes and a commit record.
+//! The offline CLI commits (apply + durable flush) every time; a replicated
+//! node applies many entries per flush because its Raft log is durable.
+
+use std::collections::{BTreeSet, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex};
+
+use crate::checkpoint::{Checkpoint, CheckpointLog, Retention};
+use crate::datadir::{DataDir, Identity, StoreConfig};
+use crate::error::{Result, StoreError};
+use crate::hash::Hash;
+use crate::key::{split_dir, split_key};
+use crate::object::{Entry, EntryValue, Link};
+use crate::pack::{CommitRecord, Pack, PackBatch, PackRecovery, SEGMENT_BYTES_TARGET_DEFAULT};
+use crate::segment::Mode;
+use crate::tree::{self, Objects, OnDamage};
+use crate::txn::{Op, StoredValue, Txn, TxnOutcome};
+
+/// Largest value accepted by default (values are chunked; this is a sanity bound).
+pub const VALUE_BYTES_MAX_DEFAULT: u64 = 4 * 1024 * 1024 * 1024;
+/// Default size of the decoded-node cache.
+pub const CACHE_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+
+/// How to open a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Open for inspection only: no lock, no changes to any file.
+    pub read_only: bool,
+    pub cache_bytes: u64,
+    pub segment_bytes_target: u64,
+    /// Overrides the retention in `config.toml`.
+    pub retention: Option<Retention>,
+    pub value_bytes_max: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> StoreOptions {
+        StoreOptions {
+            read_only: false,
+            cache_bytes: CACHE_BYTES_DEFAULT,
+            segment_bytes_target: SEGMENT_BYTES_TARGET_DEFAULT,
+            retention: None,
+            value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
+        }
+    }
+}
+
+/// How durable a flush must be before it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// fdatasync before returning.
+    Sync,
+    /// Written to the OS only; a later sync (or nothing, after a crash).
+    Buffered,
+}
+
+/// What opening the store found and did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RecoveryReport {
+    /// The previous writer did not close the store cleanly.
+    pub unclean_shutdown: bool,
+    /// Bytes cut from the end of the pack (a torn tail or unusable damage).
+    pub truncated_bytes: u64,
+    /// Where cut bytes that followed damage were preserved.
+    pub quarantined: Option<PathBuf>,
+    /// Damaged ranges in the middle of the pack whose later records were kept.
+    pub padded_gaps: usize,
+    /// Damaged ranges in sealed segments (their blobs are unreadable).
+    pub sealed_damage: usize,
+    pub hints_rebuilt: usize,
+    /// Retained checkpoints whose root is not in the pack.
+    pub checkpoints_missing_root: Vec<u64>,
+    /// The checkpoint history file was damaged.
+    pub checkpoint_history_damage: Option<String>,
+    pub head_revision: u64,
+}
+
+impl RecoveryReport {
+    /// True when recovery had to do more than replay a clean log.
+    pub fn found_damage(&self) -> bool {
+        self.quarantined.is_some()
+            || self.padded_gaps > 0
+            || self.sealed_damage > 0
+            || !self.checkpoints_missing_root.is_empty()
+            || self.checkpoint_history_damage.is_some()
+    }
+}
+
+/// The state readers see.
+#[derive(Clone, Debug)]
+struct Head {
+    root: Link,
+    revision: u64,
+}
+
+#[derive(Debug)]
+struct Writer {
+    root: Link,
+    revision: u64,
+    /// Changes not yet written by a flush.
+    dirty: bool,
+    /// Metadata of the newest commit record.
+    meta: Vec<u8>,
+    /// Highest revision ever used (including by checkpoints and lost commits).
+    max_revision: u64,
+}
+
+/// Keeps garbage collection out while blobs not yet referenced by any commit
+/// are being written (streamed values, incoming snapshots).
+#[derive(Debug, Default)]
+struct GcGate {
+    state: Mutex<(usize, bool)>,
+    changed: Condvar,
+}
+
+/// A hold on the GC gate: collection waits until every hold is dropped.
+pub struct GcHold {
+    store: Arc<Inner>,
+}
+
+impl Drop for GcHold {
+    fn drop(&mut self) {
+        let gate = &self.store.gc_gate;
+        gate.state.lock().0 -= 1;
+        gate.changed.notify_all();
+    }
+}
+
+struct Inner {
+    dir: DataDir,
+    objects: Objects,
+    config: StoreConfig,
+    options: StoreOptions,
+    head: ArcSwap<Head>,
+    writer: Mutex<Writer>,
+    checkpoints: Mutex<CheckpointLog>,
+    gc_gate: GcGate,
+    recovery: RecoveryReport,
+}
+
+/// One node's store. Cheap to clone; all clones share the same state.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir.root())
+            .finish()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Creates a new, empty store in `dir` (missing or empty).
+    pub fn init(dir: &Path, options: StoreOptions) -> Result<Store> {
+        DataDir::init(dir)?;
+        let store = Store::open(dir, options)?;
+        // Checkpoint the empty tree so there is always a point to return to.
+        store.checkpoint()?;
+        Ok(store)
+    }
+
+    /// Opens an existing store, recovering from a crash or damage if needed.
+    pub fn open(dir: &Path, options: StoreOptions) -> Result<Store> {
+        let data_dir = DataDir::open(dir, !options.read_only)?;
+        let config = StoreConfig::load(dir)?;
+        let mode = if options.read_only {
+            Mode::ReadOnly
+        } else {
+            Mode::ReadWrite
+        };
+        let (pack, pack_recovery) = Pack::open(
+            &data_dir.pack(),
+            &data_dir.staging(),
+            mode,
+            options.segment_bytes_target,
+        )?;
+        let objects = Objects::new(pack, options.cache_bytes);
+        let mut recovery = RecoveryReport {
+            unclean_shutdown: data_dir.was_dirty,
+            sealed_damage: pack_recovery.sealed_gaps.len(),
+            hints_rebuilt: pack_recovery.hints_rebuilt,
+            ..RecoveryReport::default()
+        };
+        let head = recover_head(
+            &objects,
+            &data_dir,
+            &pack_recovery,
+            options.read_only,
+            &mut recovery,
+        )?;
+        let retention = options.retention.unwrap_or(config.checkpoints);
+        let checkpoints = CheckpointLog::open(
+            &data_dir.checkpoints(),
+            &data_dir.staging(),
+            retention,
+            !options.read_only,
+        )?;
+        recovery.checkpoint_history_damage = checkpoints.damage.clone();
+        recovery.checkpoints_missing_root = checkpoints
+            .history()
+            .iter()
+            .filter(|c| objects.node(&c.root).is_err())
+            .map(|c| c.sequence)
+            .collect();
+        let (root, revision, meta) = match &head {
+            Some(commit) => (
+                Link::Stored(commit.root),
+                commit.revision,
+                commit.meta.clone(),
+            ),
+            None => (Link::empty_dir(), 0, Vec::new()),
+        };
+        recovery.head_revision = revision;
+        let max_revision = revision.max(checkpoints.max_revision());
+        let inner = Inner {
+            head: ArcSwap::from_pointee(Head {
+                root: root.clone(),
+                revision,
+            }),
+            writer: Mutex::new(Writer {
+                root,
+                revision,
+                dirty: false,
+                meta,
+                max_revision,
+            }),
+            checkpoints: Mutex::new(checkpoints),
+            gc_gate: GcGate::default(),
+            dir: data_dir,
+            objects,
+            config,
+            options,
+            recovery,
+        };
+        if inner.recovery.found_damage() || inner.recovery.truncated_bytes > 0 {
+            tracing::warn!(report = ?inner.recovery, "store recovered from damage");
+        }
+        Ok(Store {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Opens for inspection while another process may hold the store.
+    pub fn open_read_only(dir: &Path) -> Result<Store> {
+        Store::open(
+            dir,
+            StoreOptions {
+                read_only: true,
+                ..StoreOptions::default()
+            },
+        )
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.inner.dir.root()
+    }
+
+    pub fn identity(&self) -> &Identity {
+        self.inner.dir.identity()
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.inner.config
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        self.inner.options.read_only
+    }
+
+    /// What opening the store found.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.inner.recovery
+    }
+
+    /// The blob pack (for verification and repair tools).
+    pub fn pack(&self) -> &Pack {
+        &self.inner.objects.pack
+    }
+
+    /// The pack with its node cache (for tree walks by tools).
+    pub fn objects(&self) -> &Objects {
+        &self.inner.objects
+    }
+
+    /// The current revision (including applied but not yet flushed changes).
+    pub fn revision(&self) -> u64 {
+        self.inner.head.load().revision
+    }
+
+    /// A consistent read view of the current state.
+    pub fn snapshot(&self) -> Snapshot {
+        let head = self.inner.head.load_full();
+        Snapshot {
+            store: self.clone(),
+            root: head.root.clone(),
+            revision: head.revision,
+            checkpoint: None,
+        }
+    }
+
+    /// A read view of a retained checkpoint.
+    pub fn at_checkpoint(&self, sequence: u64) -> Result<Snapshot> {
+        let checkpoint = self
+            .inner
+            .checkpoints
+            .lock()
+            .get(sequence)
+            .cloned()
+            .ok_or(StoreError::CheckpointNotFound { sequence })?;
+        Ok(self.at_root(checkpoint.root, checkpoint.revision, Some(sequence)))
+    }
+
+    /// A read view of any root hash.
+    pub fn at_root(&self, root: Hash, revision: u64, checkpoint: Option<u64>) -> Snapshot {
+        Snapshot {
+            store: self.clone(),
+            root: Link::Stored(root),
+            revision,
+            checkpoint,
+        }
+    }
+
+    /// Convenience: the entry at `key` in the current state.
+    pub fn get(&self, key: &str) -> Result<Option<Entry>> {
+        self.snapshot().get(key)
+    }
+
+    /// Retained checkpoints, oldest first.
+    pub fn checkpoints(&self) -> Vec<Checkpoint> {
+        self.inner.checkpoints.lock().history().to_vec()
+    }
+
+    /// The last commit record written to (or recovered from) the pack.
+    pub fn last_commit(&self) -> Option<CommitRecord> {
+        self.inner.objects.pack.last_commit()
+    }
+
+    // ------------------------------------------------------------ writes
+
+    /// Applies transactions to the in-memory tree, in order; each successful
+    /// one that changes something gets the next revision. Not durable until
+    /// [`Store::flush`]. Deterministic rejections are outcomes, not errors;
+    /// an `Err` means a local failure (I/O, damaged data).
+    pub fn apply(&self, txns: &[Txn]) -> Result<Vec<TxnOutcome>> {
+        self.check_writable()?;
+        let mut writer = self.inner.writer.lock();
+        let mut outcomes = Vec::with_capacity(txns.len());
+        for txn in txns {
+            outcomes.push(self.apply_one(&mut writer, txn)?);
+        }
+        self.inner.head.store(Arc::new(Head {
+            root: writer.root.clone(),
+            revision: writer.revision,
+        }));
+        Ok(outcomes)
+    }
+
+    fn apply_one(&self, writer: &mut Writer, txn: &Txn) -> Result<TxnOutcome> {
+        let objects = &self.inner.objects;
+        for compare in &txn.compare {
+            let names = match split_key(&compare.key) {
+                Ok(names) => names,
+                Err(error) => {
+                    return Ok(TxnOutcome::Rejected {
+                        reason: error.to_string(),
+                    })
+                }
+            };
+            let actual = match tree::get_path(objects, &writer.root, &names) {
+                Ok(entry) => entry.map_or(0, |e| e.revision),
+                Err(error) if error.is_deterministic() => 0,
+                Err(error) => return Err(error),
+            };
+            if actual != compare.mod_revision {
+                return Ok(TxnOutcome::CompareFailed {
+                    key: compare.key.clone(),
+                    expected: compare.mod_revision,
+                    actual,
+                });
+            }
+        }
+        // Above every revision ever used: after damage lost acknowledged
+        // commits, the next revision skips theirs instead of reusing them.
+        let revision = writer.revision.max(writer.max_revision) + 1;
+        let mut work = writer.root.clone();
+        let mut changed = false;
+        let mut deleted = 0;
+        for op in &txn.ops {
+            match self.apply_op(&mut work, op, revision) {
+                Ok((op_changed, op_deleted)) => {
+                    changed |= op_changed;
+                    deleted += op_deleted;
+                }
+                Err(error) if error.is_deterministic() => {
+                    return Ok(TxnOutcome::Rejected {
+                        reason: error.to_string(),
+                    });
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        if !changed {
+            return Ok(TxnOutcome::Applied {
+                revision: writer.revision,
+                changed: false,
+                deleted: 0,
+            });
+        }
+        writer.root = work;
+        writer.revision = revision;
+        writer.max_revision = writer.max_revision.max(revision);
+        writer.dirty = true;
+        Ok(TxnOutcome::Applied {
+            revision,
+            changed: true,
+            deleted,
+        })
+    }
+
+    /// Applies one operation to `work`; returns (changed, values deleted).
+    fn apply_op(&self, work: &mut Link, op: &Op, revision: u64) -> Result<(bool, u64)> {
+        let objects = &self.inner.objects;
+        match op {
+            Op::Put { key, value } => {
+                let names = split_key(key)?;
+                if value.len() as u64 > self.inner.options.value_bytes_max {
+                    return Err(StoreError::TooLarge {
+                        what: "value",
+                        size: value.len() as u64,
+                        limit: self.inner.options.value_bytes_max,
+                    });
+                }
+                let mut batch = PackBatch::new();
+                let value = tree::make_value(objects, value, &mut batch)?;
+                // Chunks go to the pack now so readers of the applied state find them.
+                objects.pack.write(batch, None, false)?;
+                tree::put_path(objects, work, &names, value, revision)?;
+                Ok((true, 0))
+            }
+            Op::PutStored { key, value } => {
+                let names = split_key(key)?;
+                let value = match *value {
+                    StoredValue::Blob { hash, size } => EntryValue::Blob { hash, size },
+                    StoredValue::Chunked { list, size } => EntryValue::Chunked { list, size },
+                };
+                let mut live = HashSet::new();
+                let probe = Link::Loaded(Arc::new(crate::object::NodeCell::new(
+                    crate::object::Node::Leaf(crate::object::Leaf {
+                        depth: 0,
+                        entries: vec![Entry {
+                            name: "probe".into(),
+                            revision,
+                            value: value.clone(),
+                        }],
+                    }),
+                )));
+                // Every chunk must be present before a key may point at it.
+                tree::mark(objects, &probe, &mut live, OnDamage::Fail, true)?;
+                tree::put_path(objects, work, &names, value, revision)?;
+                Ok((true, 0))
+            }
+            Op::Delete { key } => {
+                let names = split_key(key)?;
+                let removed = tree::remove_path(objects, work, &names, false, revision)?;
+                Ok((removed.is_some(), u64::from(removed.is_some())))
+            }
+            Op::DeletePrefix { prefix } => {
+                let names = split_dir(prefix)?;
+                if names.is_empty() {
+                    let count = count_values(objects, work)?;
+                    *work = Link::empty_dir();
+                    return Ok((count > 0, count));
+                }
+                match tree::remove_path(objects, work, &names, true, revision)? {
+                    Some(entry) => {
+                        let count = match &entry.value {
+                            EntryValue::Dir { root, .. } => count_values(objects, root)?,
+                            _ => 1,
+                        };
+                        Ok((true, count))
+                    }
+                    None => Ok((false, 0)),
+                }
+            }
+        }
+    }
+
+    /// Writes every applied change and a commit record carrying `meta`.
+    /// With nothing new and the same `meta`, only syncs (if asked).
+    pub fn flush(&self, durability: Durability, meta: Option<Vec<u8>>) -> Result<CommitRecord> {
+        self.check_writable()?;
+        let mut writer = self.inner.writer.lock();
+        self.flush_locked(&mut writer, durability, meta)
+    }
+
+    fn flush_locked(
+        &self,
+        writer: &mut Writer,
+        durability: Durability,
+        meta: Option<Vec<u8>>,
+    ) -> Result<CommitRecord> {
+        let objects = &self.inner.objects;
+        let meta_changed = meta.as_ref().is_some_and(|m| *m != writer.meta);
+        if !writer.dirty && !meta_changed {
+            if let Some(last) = objects.pack.last_commit() {
+                if last.revision == writer.revision {
+                    if durability == Durability::Sync {
+                        objects.pack.sync()?;
+                    }
+                    return Ok(last);
+                }
+            }
+        }
+        let mut batch = PackBatch::new();
+        let root = tree::flush(objects, &writer.root, &mut batch);
+        let commit = CommitRecord {
+            revision: writer.revision,
+            root,
+            timestamp_ms: now_ms(),
+            meta: meta.unwrap_or_else(|| writer.meta.clone()),
+        };
+        objects
+            .pack
+            .write(batch, Some(&commit), durability == Durability::Sync)?;
+        writer.root = Link::Stored(root);
+        writer.dirty = false;
+        writer.meta = commit.meta.clone();
+        self.inner.head.store(Arc::new(Head {
+            root: Link::Stored(root),
+            revision: writer.revision,
+        }));
+        Ok(commit)
+    }
+
+    /// Applies and durably commits transactions (the offline write path).
+    pub fn commit(&self, txns: &[Txn]) -> Result<Vec<TxnOutcome>> {
+        let outcomes = self.apply(txns)?;
+        self.flush(Durability::Sync, None)?;
+        Ok(outcomes)
+    }
+
+    /// Durably records the current state as a new checkpoint. Returns the
+    /// newest checkpoint unchanged when it already holds this state.
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        self.check_writable()?;
+        let mut writer = self.inner.writer.lock();
+        let commit = self.flush_locked(&mut writer, Durability::Sync, None)?;
+        let mut checkpoints = self.inner.checkpoints.lock();
+        if let Some(newest) = checkpoints.newest() {
+            if newest.root == commit.root && newest.revision == commit.revision {
+                return Ok(newest.clone());
+            }
+        }
+        checkpoints.append(
+            commit.revision,
+            commit.root,
+            commit.timestamp_ms,
+            commit.meta,
+        )
+    }
+
+    /// Makes `root` the current state as a new revision (above every revision
+    /// ever used), durably, and checkpoints it. Used by rollback, restore and
+    /// repair; every blob reachable from `root` must be present.
+    pub fn reset_to_root(&self, root: Hash, meta: Option<Vec<u8>>) -> Result<Checkpoint> {
+        self.check_writable()?;
+        let objects = &self.inner.objects;
+        let mut live = HashSet::new();
+        tree::mark(
+            objects,
+            &Link::Stored(root),
+            &mut live,
+            OnDamage::Fail,
+            true,
+        )?;
+        let mut writer = self.inner.writer.lock();
+        let revision = writer
+            .max_revision
+            .max(self.inner.checkpoints.lock().max_revision())
+            + 1;
+        writer.root = Link::Stored(root);
+        writer.revision = revision;
+        writer.max_revision = revision;
+        writer.dirty = true;
+        let commit = self.flush_locked(&mut writer, Durability::Sync, meta)?;
+        self.inner.checkpoints.lock().append(
+            commit.revision,
+            commit.root,
+            commit.timestamp_ms,
+            commit.meta,
+        )
+    }
+
+    /// Writes a streamed value's chunks into the store. Hold the returned
+    /// [`GcHold`] until a commit references the value.
+    pub fn upload(&self, reader: &mut dyn std::io::Read) -> Result<(StoredValueOrInline, GcHold)> {
+        self.check_writable()?;
+        let hold = self.hold_gc();
+        let value = tree::make_value_from_reader(
+            &self.inner.objects,
+            reader,
+            self.inner.options.value_bytes_max,
+        )?;
+        let value = match value {
+            EntryValue::Inline(bytes) => StoredValueOrInline::Inline(bytes),
+            EntryValue::Blob { hash, size } => {
+                StoredValueOrInline::Stored(StoredValue::Blob { hash, size })
+            }
+            EntryValue::Chunked { list, size } => {
+                StoredValueOrInline::Stored(StoredValue::Chunked { list, size })
+            }
+            EntryValue::Dir { .. } => unreachable!("uploads are values"),
+        };
+        Ok((value, hold))
+    }
+
+    /// Keeps garbage collection from running until the hold is dropped.
+    pub fn hold_gc(&self) -> GcHold {
+        let gate = &self.inner.gc_gate;
+        let mut state = gate.state.lock();
+        while state.1 {
+            gate.changed.wait(&mut state);
+        }
+        state.0 += 1;
+        GcHold {
+            store: self.inner.clone(),
+        }
+    }
+
+    /// Reclaims space held by blobs that no retained checkpoint, the current
+    /// state or an in-flight write can reach. Refuses to delete anything if
+    /// any reachable object cannot be read: the live set must be certain.
+    pub fn gc(&self, force: bool) -> Result<GcReport> {
+        self.check_writable()?;
+        let started = Instant::now();
+        let gate = &self.inner.gc_gate;
+        {
+            let mut state = gate.state.lock();
+            while state.1 || state.0 > 0 {
+                gate.changed.wait(&mut state);
+            }
+            state.1 = true;
+        }
+        let result = self.gc_exclusive(force);
+        gate.state.lock().1 = false;
+        gate.changed.notify_all();
+        let mut report = result?;
+        report.elapsed_ms = started.elapsed().as_millis() as u64;
+        Ok(report)
+    }
+
+    fn gc_exclusive(&self, force: bool) -> Result<GcReport> {
+        let objects = &self.inner.objects;
+        let writer = self.inner.writer.lock();
+        objects.pack.ensure_head_in_active()?;
+        let mut roots = vec![writer.root.clone()];
+        if let Some(last) = objects.pack.last_commit() {
+            roots.push(Link::Stored(last.root));
+        }
+        for checkpoint in self.inner.checkpoints.lock().history() {
+            roots.push(Link::Stored(checkpoint.root));
+        }
+        let mut live = HashSet::new();
+        for root in &roots {
+            tree::mark(objects, root, &mut live, OnDamage::Fail, false).map_err(|error| {
+                StoreError::Damaged {
+                    path: self.dir().to_path_buf(),
+                    reason: format!(
+                        "garbage collection stopped, a live object is unreadable: {error}"
+                    ),
+                }
+            })?;
+        }
+        let mut report = GcReport {
+            live_blobs: live.len() as u64,
+            ..GcReport::default()
+        };
+        for usage in objects.pack.segment_usage(&|hash| live.contains(hash)) {
+            report.segments_examined += 1;
+            let mostly_garbage = usage.live_bytes * 2 < usage.bytes;
+            if !(force || mostly_garbage) {
+                continue;
+            }
+            if objects
+                .pack
+                .compact_segment(usage.segment, &usage.live_blobs)?
+            {
+                report.segments_compacted += 1;
+                report.bytes_reclaimed += usage.bytes.saturating_sub(usage.live_bytes);
+            } else {
+                report.segments_skipped_damaged += 1;
+            }
+        }
+        drop(writer);
+        Ok(report)
+    }
+
+    /// Flushes pending changes durably and records a clean shutdown.
+    pub fn close(self) -> Result<()> {
+        if self.inner.options.read_only {
+            return Ok(());
+        }
+        self.flush(Durability::Sync, None)?;
+        self.inner.dir.mark_clean()
+    }
+
+    /// Space used by the pack, and blob count.
+    pub fn stats(&self) -> StoreStats {
+        let pack = &self.inner.objects.pack;
+        StoreStats {
+            pack_bytes: pack.total_bytes(),
+            segments: pack.segment_ids().len(),
+            blobs: pack.blob_count(),
+            revision: self.revision(),
+            checkpoints: self.inner.checkpoints.lock().history().len(),
+        }
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        if self.inner.options.read_only {
+            return Err(StoreError::ReadOnly);
+        }
+        Ok(())
+    }
+}
+
+/// A streamed value: small enough to inline, or chunks already stored.
+#[derive(Clone, Debug)]
+pub enum StoredValueOrInline {
+    Inline(Bytes),
+    Stored(StoredValue),
+}
+
+impl StoredValueOrInline {
+    /// The operation that puts this value at `key`.
+    pub fn into_op(self, key: String) -> Op {
+        match self {
+            StoredValueOrInline::Inline(value) => Op::Put { key, value },
+            StoredValueOrInline::Stored(value) => Op::PutStored { key, value },
+        }
+    }
+}
+
+/// Size of the store on disk.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StoreStats {
+    pub pack_bytes: u64,
+    pub segments: usize,
+    pub blobs: usize,
+    pub revision: u64,
+    pub checkpoints: usize,
+}
+
+/// What a garbage collection did.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct GcReport {
+    pub live_blobs: u64,
+    pub segments_examined: u64,
+    pub segments_compacted: u64,
+    pub segments_skipped_damaged: u64,
+    pub bytes_reclaimed: u64,
+    pub elapsed_ms: u64,
+}
+
+fn count_values(objects: &Objects, dir: &Link) -> Result<u64> {
+    let mut total = 0;
+    for entry in tree::dir_entries(objects, dir)? {
+        total += match &entry.value {
+            EntryValue::Dir { root, .. } => count_values(objects, root)?,
+            _ => 1,
+        };
+    }
+    Ok(total)
+}
+
+/// Chooses the head after opening the pack, repairing the active segment
+/// (in read-write mode) as the damage requires:
+///
+/// - a torn tail (nothing valid after it) is cut off: it can only hold
+///   unacknowledged work;
+/// - damage followed by valid records: if the newest commit after it has a
+///   complete tree, that commit is kept and the damaged range is padded
+///   over; otherwise everything from the damage on is quarantined (copied
+///   aside, never deleted) and cut, and the head is the newest commit before it.
+fn recover_head(
+    objects: &Objects,
+    dir: &DataDir,
+    recovery: &PackRecovery,
+    read_only: bool,
+    report: &mut RecoveryReport,
+) -> Result<Option<CommitRecord>> {
+    let active = &recovery.active;
+    let pack = &objects.pack;
+    let newest_before = |offset: u64| -> Option<CommitRecord> {
+        active
+            .commits
+            .iter()
+            .rev()
+            .find(|(at, _)| *at < offset)
+            .map(|(_, c)| c.clone())
+    };
+    let Some(first_damage) = active.first_damage() else {
+        let head = active.commits.last().map(|(_, c)| c.clone());
+        let in_active = head.is_some();
+        let head = head.or_else(|| recovery.sealed_last_commit.clone());
+        pack.set_recovered_head(head.clone(), in_active);
+        return Ok(head);
+    };
+    let newest = active.commits.last().filter(|(at, _)| *at > first_damage);
+    let salvage = match newest {
+        Some((_, commit)) if !active.gaps.is_empty() => {
+            let mut live = HashSet::new();
+            tree::mark(
+                objects,
+                &Link::Stored(commit.root),
+                &mut live,
+                OnDamage::Fail,
+                true,
+            )
+            .is_ok()
+        }
+        _ => false,
+    };
+    if salvage {
+        let (_, commit) = newest.expect("salvage needs a commit");
+        if !read_only {
+            pack.pad_gaps(&active.gaps)?;
+            if let Some(tail) = active.torn_tail {
+                report.truncated_bytes = active.file_len - tail;
+                pack.truncate_active(tail, None)?;
+            }
+        }
+        report.padded_gaps = active.gaps.len();
+        pack.set_recovered_head(Some(commit.clone()), true);
+        return Ok(Some(commit.clone()));
+    }
+    let head_in_active = newest_before(first_damage);
+    let in_active = head_in_active.is_some();
+    let head = head_in_active.or_else(|| recovery.sealed_last_commit.clone());
+    if !read_only {
+        // Valid records after the damage may matter to someone: keep a copy.
+        let keep_copy = !active.gaps.is_empty();
+        let quarantine = dir.quarantine();
+        report.truncated_bytes = active.file_len - first_damage;
+        pack.truncate_active(first_damage, keep_copy.then_some(quarantine.as_path()))?;
+        if keep_copy {
+            report.quarantined = Some(quarantine);
+        }
+    }
+    pack.set_recovered_head(head.clone(), in_active);
+    Ok(head)
+}
+
+// ---------------------------------------------------------------- reads
+
+/// A consistent, immutable read view of one root.
+#[derive(Clone)]
+pub struct Snapshot {
+    store: Store,
+    root: Link,
+    revision: u64,
+    checkpoint: Option<u64>,
+}
+
+/// One entry of a listing.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ListItem {
+    /// Full key of the entry.
+    pub key: String,
+    pub kind: ItemKind,
+    /// Value size in bytes, or number of direct entries of a directory.
+    pub size: u64,
+    pub revision: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemKind {
+    Value,
+    Dir,
+}
+
+impl Snapshot {
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    pub fn checkpoint(&self) -> Option<u64> {
+        self.checkpoint
+    }
+
+    pub fn root(&self) -> &Link {
+        &self.root
+    }
+
+    /// The root hash, if the state has been flushed.
+    pub fn root_hash(&self) -> Option<Hash> {
+        self.root.known_hash()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The entry at `key`, if any.
+    pub fn get(&self, key: &str) -> Result<Option<Entry>> {
+        let names = split_key(key)?;
+        tree::get_path(&self.store.inner.objects, &self.root, &names)
+    }
+
+    /// The whole value at `key` (verified), or `None` if absent.
+    pub fn get_value(&self, key: &str) -> Result<Option<Bytes>> {
+        match self.get(key)? {
+            None => Ok(None),
+            Some(entry) if entry.value.is_dir() => Err(StoreError::IsADirectory {
+                path: key.to_string(),
+            }),
+            Some(entry) => Ok(Some(tree::read_value(
+                &self.store.inner.objects,
+                &entry.value,
+            )?)),
+        }
+    }
+
+    /// Reads a value entry into memory (verifying every chunk).
+    pub fn read(&self, value: &EntryValue) -> Result<Bytes> {
+        tree::read_value(&self.store.inner.objects, value)
+    }
+
+    /// Streams a value to `out`; returns the bytes written.
+    pub fn write_to(&self, value: &EntryValue, out: &mut dyn std::io::Write) -> Result<u64> {
+        tree::write_value_to(&self.store.inner.objects, value, out)
+    }
+
+    /// Lists a directory ("" for the root): direct entries, or with
+    /// `recursive` every value below it. Sorted by key.
+    pub fn list(&self, dir: &str, recursive: bool) -> Result<Vec<ListItem>> {
+        let names = split_dir(dir)?;
+        let objects = &self.store.inner.objects;
+        let Some(root) = tree::get_dir(objects, &self.root, &names)? else {
+            return Ok(Vec::new());
+        };
+        let prefix = if names.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", names.join("/"))
+        };
+        let mut out = Vec::new();
+        list_into(objects, &root, &prefix, recursive, &mut out)?;
+        if recursive {
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+        }
+        Ok(out)
+    }
+
+    /// Whether `dir` names an existing directory (the root always exists).
+    pub fn is_dir(&self, dir: &str) -> Result<bool> {
+        let names = split_dir(dir)?;
+        match tree::get_dir(&self.store.inner.objects, &self.root, &names) {
+            Ok(dir) => Ok(dir.is_some()),
+            Err(StoreError::NotADirectory { .. }) => Ok(false),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Number of values in the whole tree.
+    pub fn count_values(&self) -> Result<u64> {
+        count_values(&self.store.inner.objects, &self.root)
+    }
+}
+
+fn list_into(
+    objects: &Objects,
+    dir: &Link,
+    prefix: &str,
+    recursive: bool,
+    out: &mut Vec<ListItem>,
+) -> Result<()> {
+    for entry in tree::dir_entries(objects, dir)? {
+        let key = format!("{prefix}{}", entry.name);
+        match &entry.value {
+            EntryValue::Dir { root, count } => {
+                if recursive {
+                    list_into(objects, root, &format!("{key}/"), true, out)?;
+                } else {
+                    out.push(ListItem {
+                        key,
+                        kind: ItemKind::Dir,
+                        size: *count,
+                        revision: entry.revision,
+                    });
+                }
+            }
+            value => out.push(ListItem {
+                key,
+                kind: ItemKind::Value,
+                size: value.size().unwrap_or(0),
+                revision: entry.revision,
+            }),
+        }
+    }
+    Ok(())
+}
+
+/// Sequences of retained checkpoints whose trees are incomplete or damaged.
+pub fn damaged_checkpoints(store: &Store) -> BTreeSet<u64> {
+    let objects = store.objects();
+    store
+        .checkpoints()
+        .iter()
+        .filter(|c| {
+            let mut live = HashSet::new();
+            tree::mark(
+                objects,
+                &Link::Stored(c.root),
+                &mut live,
+                OnDamage::Fail,
+                true,
+            )
+            .is_err()
+        })
+        .map(|c| c.sequence)
+        .collect()
+}
