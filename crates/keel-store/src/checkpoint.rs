@@ -268,6 +268,15 @@ impl CheckpointLog {
         Ok(())
     }
 
+    /// Makes retention's drops durable, so a later open (with any
+    /// retention) never brings back a checkpoint whose blobs were collected.
+    pub fn persist_retention(&mut self) -> Result<()> {
+        if self.records_in_file == self.history.len() {
+            return Ok(());
+        }
+        self.rewrite()
+    }
+
     /// Drops checkpoints by sequence (e.g. ones whose data is gone). Durable.
     pub fn forget(&mut self, sequences: &BTreeSet<u64>) -> Result<()> {
         self.history.retain(|c| !sequences.contains(&c.sequence));

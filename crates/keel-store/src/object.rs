@@ -2,18 +2,19 @@
 //!
 //! Every object is one blob, named by the BLAKE3 hash of its encoding.
 //!
-//! **Directories** are hash array mapped tries (HAMTs) over the BLAKE3 hash
-//! of each entry's name, so a directory of a million entries is rewritten in
-//! O(log n) bytes per change. The shape is *canonical*: it depends only on
-//! the set of entries, never on the order they were written in, so equal
-//! directories have equal hashes on every replica.
+//! **Directories** are prolly trees: B-trees whose node boundaries are chosen
+//! by the content, not by history. Entries are sorted by name; at level 0 a
+//! node ends after an entry whose name hash marks a boundary (about one name
+//! in [`ITEMS_TARGET`]), or after [`ITEMS_MAX`] entries. Each level above
+//! holds one child per node of the level below (with the child's last name
+//! and entry count) and is cut the same way with independent hash bits,
+//! until a level has a single node: the root. So:
 //!
-//! - A node at depth `d` holding `n` entries is a **leaf** (entries sorted by
-//!   name) when `n <= LEAF_ENTRIES_MAX` or `d == DEPTH_MAX`, otherwise a
-//!   **branch** whose children are selected by the 5 bits of the name hash
-//!   at offset `5 * d`.
-//! - Only the root of an empty directory is an empty leaf, and empty
-//!   directories other than the store root are removed.
+//! - the shape depends only on the set of entries, never on the order they
+//!   were written in: equal directories have equal hashes on every replica;
+//! - a change rewrites O(log n) nodes, and changes to nearby names (a batch
+//!   of sequential keys) share the same few nodes;
+//! - listings come out sorted, with no sorting step.
 //!
 //! **Values** up to [`INLINE_VALUE_BYTES_MAX`] live inside the directory entry.
 //! Larger values are cut into content-defined chunks (so equal data dedups):
@@ -21,17 +22,18 @@
 //! small tree of chunk hashes with sizes.
 //!
 //! ```text
-//! leaf:       0x01 version depth:u8 count:u32 entry*
-//! branch:     0x02 version depth:u8 count:u64 bitmap:u32 child-hash*32
+//! leaf:       0x01 version count:u32 entry*
+//! branch:     0x02 version level:u8 count:u32 (name_len:u16 last_name entries:u64 hash*32)*
 //! chunk list: 0x03 version level:u8 count:u32 (hash*32 size:u64)*
 //! entry:      name_len:u16 name revision:u64 kind:u8 payload
 //!   kind 1 inline   len:u32 bytes
 //!   kind 2 blob     hash*32 size:u64      (one chunk)
 //!   kind 3 chunked  hash*32 size:u64      (chunk list)
-//!   kind 4 dir      hash*32 count:u64     (HAMT root, direct entries)
+//!   kind 4 dir      hash*32 count:u64     (root node, direct entries)
 //! ```
 //! Integers are little-endian. Chunks themselves are raw bytes.
 
+use std::cmp::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -45,14 +47,14 @@ pub const TAG_LEAF: u8 = 0x01;
 pub const TAG_BRANCH: u8 = 0x02;
 pub const TAG_CHUNK_LIST: u8 = 0x03;
 
-/// Most entries a HAMT leaf holds before it splits into a branch.
-pub const LEAF_ENTRIES_MAX: usize = 32;
-/// Bits of the name hash consumed per HAMT level.
-pub const BRANCH_BITS: u32 = 5;
-/// Children of a branch.
-pub const BRANCH_FANOUT: usize = 1 << BRANCH_BITS;
-/// Deepest HAMT level; the name hash has 256 bits, enough for 51 levels.
-pub const DEPTH_MAX: u8 = 48;
+/// Average items per directory node (a boundary is one name hash in this many).
+pub const ITEMS_TARGET: usize = 8;
+/// Hash bits that decide a boundary at one level: log2(ITEMS_TARGET).
+pub const BOUNDARY_BITS: u32 = 3;
+/// Most items a directory node holds; a longer run is cut here.
+pub const ITEMS_MAX: usize = 256;
+/// Levels with their own boundary bits; higher levels cut after every item.
+pub const LEVELS_WITH_BITS: u8 = 21;
 /// Largest value stored inline in its directory entry.
 pub const INLINE_VALUE_BYTES_MAX: usize = 1024;
 /// Chunk list entries per chunk-list object.
@@ -64,21 +66,101 @@ pub const CHUNK_BYTES_MAX: usize = 256 * 1024;
 /// Largest blob the store writes or accepts.
 pub const BLOB_BYTES_MAX: usize = 1024 * 1024;
 
-const _: () = assert!(BRANCH_FANOUT <= 32, "the branch bitmap is a u32");
-const _: () = assert!((DEPTH_MAX as u32 + 1) * BRANCH_BITS <= (HASH_BYTES as u32) * 8);
+const _: () = assert!(1 << BOUNDARY_BITS == ITEMS_TARGET);
+const _: () = assert!(
+    LEVELS_WITH_BITS as u32 * BOUNDARY_BITS <= 64,
+    "boundary bits come from one u64"
+);
+const _: () = assert!(ITEMS_MAX > 4 * ITEMS_TARGET);
 const _: () = assert!(CHUNK_BYTES_MAX <= BLOB_BYTES_MAX);
 const _: () = assert!(INLINE_VALUE_BYTES_MAX < CHUNK_BYTES_MIN);
 // Largest leaf: every entry at the name and inline limits, plus headers.
-const _: () = assert!(
-    LEAF_ENTRIES_MAX * (2 + 255 + 8 + 1 + 4 + INLINE_VALUE_BYTES_MAX) + 16 <= BLOB_BYTES_MAX
-);
+const _: () =
+    assert!(ITEMS_MAX * (2 + 255 + 8 + 1 + 4 + INLINE_VALUE_BYTES_MAX) + 16 <= BLOB_BYTES_MAX);
+const _: () = assert!(ITEMS_MAX * (2 + 255 + 8 + HASH_BYTES) + 16 <= BLOB_BYTES_MAX);
 const _: () = assert!(CHUNK_LIST_ENTRIES_MAX * (HASH_BYTES + 8) + 16 <= BLOB_BYTES_MAX);
 
-/// A directory entry name (one path segment).
-pub type Name = Arc<str>;
+/// A directory entry name (one path segment), with its boundary hash bits
+/// computed once.
+#[derive(Clone)]
+pub struct Name(Arc<NameInner>);
 
-/// A reference to a HAMT node: by hash (stored, loaded on demand) or to an
-/// in-memory node (possibly not yet written).
+struct NameInner {
+    bits: OnceLock<u64>,
+    text: Box<str>,
+}
+
+impl Name {
+    pub fn new(text: &str) -> Name {
+        Name(Arc::new(NameInner {
+            bits: OnceLock::new(),
+            text: text.into(),
+        }))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0.text
+    }
+
+    fn bits(&self) -> u64 {
+        *self.0.bits.get_or_init(|| {
+            let hash = blake3::hash(self.0.text.as_bytes());
+            u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
+        })
+    }
+
+    /// Whether a node at `level` naturally ends after the item named `self`.
+    pub fn is_boundary(&self, level: u8) -> bool {
+        if level >= LEVELS_WITH_BITS {
+            return true;
+        }
+        let window = self.bits() >> (u32::from(level) * BOUNDARY_BITS);
+        window & (ITEMS_TARGET as u64 - 1) == 0
+    }
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0.text
+    }
+}
+
+impl From<&str> for Name {
+    fn from(text: &str) -> Name {
+        Name::new(text)
+    }
+}
+
+impl PartialEq for Name {
+    fn eq(&self, other: &Name) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+impl Eq for Name {}
+impl PartialOrd for Name {
+    fn partial_cmp(&self, other: &Name) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Name {
+    fn cmp(&self, other: &Name) -> Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.as_str())
+    }
+}
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A reference to a directory node: by hash (stored, loaded on demand) or to
+/// an in-memory node (possibly not yet written).
 #[derive(Clone, Debug)]
 pub enum Link {
     Stored(Hash),
@@ -97,13 +179,12 @@ impl Link {
     /// A link to a new empty directory.
     pub fn empty_dir() -> Link {
         Link::Loaded(Arc::new(NodeCell::new(Node::Leaf(Leaf {
-            depth: 0,
             entries: Vec::new(),
         }))))
     }
 }
 
-/// A decoded or in-memory HAMT node with its hash, once known.
+/// A decoded or in-memory directory node with its hash, once known.
 ///
 /// Invariant: when `hash` is set, the node's encoding hashes to it and has
 /// been handed to the pack (so anything referring to the hash can be written).
@@ -138,13 +219,6 @@ impl NodeCell {
     }
 }
 
-impl Clone for NodeCell {
-    /// A clone is a new, unwritten node that starts equal to this one.
-    fn clone(&self) -> NodeCell {
-        NodeCell::new(self.node.clone())
-    }
-}
-
 #[derive(Clone, Debug)]
 pub enum Node {
     Leaf(Leaf),
@@ -156,32 +230,57 @@ impl Node {
     pub fn count(&self) -> u64 {
         match self {
             Node::Leaf(leaf) => leaf.entries.len() as u64,
-            Node::Branch(branch) => branch.count,
+            Node::Branch(branch) => branch.children.iter().map(|c| c.count).sum(),
         }
     }
 
-    pub fn depth(&self) -> u8 {
+    /// Items directly in this node.
+    pub fn items(&self) -> usize {
         match self {
-            Node::Leaf(leaf) => leaf.depth,
-            Node::Branch(branch) => branch.depth,
+            Node::Leaf(leaf) => leaf.entries.len(),
+            Node::Branch(branch) => branch.children.len(),
+        }
+    }
+
+    pub fn level(&self) -> u8 {
+        match self {
+            Node::Leaf(_) => 0,
+            Node::Branch(branch) => branch.level,
+        }
+    }
+
+    /// Name of the last entry in the subtree (`None` for an empty leaf).
+    pub fn last_name(&self) -> Option<&Name> {
+        match self {
+            Node::Leaf(leaf) => leaf.entries.last().map(|e| &e.name),
+            Node::Branch(branch) => branch.children.last().map(|c| &c.last),
         }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct Leaf {
-    pub depth: u8,
     /// Sorted by name, names unique.
     pub entries: Vec<Entry>,
 }
 
 #[derive(Clone, Debug)]
 pub struct Branch {
-    pub depth: u8,
-    /// Entries in the whole subtree; always more than [`LEAF_ENTRIES_MAX`].
+    /// 1 for a branch over leaves, and so on up.
+    pub level: u8,
+    /// Sorted by `last`, each child covering the names after the previous
+    /// child's `last` up to its own.
+    pub children: Vec<Child>,
+}
+
+/// One child of a branch: a node one level down.
+#[derive(Clone, Debug)]
+pub struct Child {
+    /// The last name in the child's subtree.
+    pub last: Name,
+    /// Entries in the child's subtree.
     pub count: u64,
-    /// Sorted by slot, slots unique, each below [`BRANCH_FANOUT`].
-    pub children: Vec<(u8, Link)>,
+    pub link: Link,
 }
 
 #[derive(Clone, Debug)]
@@ -205,7 +304,7 @@ pub enum EntryValue {
         list: Hash,
         size: u64,
     },
-    /// A sub-directory: its HAMT root and its number of direct entries.
+    /// A sub-directory: its root node and its number of direct entries.
     Dir {
         root: Link,
         count: u64,
@@ -236,21 +335,6 @@ pub struct ChunkList {
     pub entries: Vec<(Hash, u64)>,
 }
 
-/// The HAMT slot of a name hash at `depth`.
-pub fn slot(name_hash: &[u8; HASH_BYTES], depth: u8) -> u8 {
-    let bit = depth as usize * BRANCH_BITS as usize;
-    let byte = bit / 8;
-    let shift = bit % 8;
-    let window =
-        u16::from(name_hash[byte]) | (u16::from(*name_hash.get(byte + 1).unwrap_or(&0)) << 8);
-    ((window >> shift) as u8) & (BRANCH_FANOUT as u8 - 1)
-}
-
-/// The hash used to place a name in the HAMT.
-pub fn name_hash(name: &str) -> [u8; HASH_BYTES] {
-    *blake3::hash(name.as_bytes()).as_bytes()
-}
-
 // ---------------------------------------------------------------- encoding
 
 /// Encodes a node. `child` returns the hash of a linked node; every link
@@ -259,7 +343,7 @@ pub fn encode_node(node: &Node, child: &mut dyn FnMut(&Link) -> Hash) -> Vec<u8>
     match node {
         Node::Leaf(leaf) => {
             let mut out = Vec::with_capacity(16 + leaf.entries.len() * 64);
-            out.extend_from_slice(&[TAG_LEAF, OBJECT_VERSION, leaf.depth]);
+            out.extend_from_slice(&[TAG_LEAF, OBJECT_VERSION]);
             out.extend_from_slice(&(leaf.entries.len() as u32).to_le_bytes());
             for entry in &leaf.entries {
                 encode_entry(entry, child, &mut out);
@@ -267,16 +351,14 @@ pub fn encode_node(node: &Node, child: &mut dyn FnMut(&Link) -> Hash) -> Vec<u8>
             out
         }
         Node::Branch(branch) => {
-            let mut out = Vec::with_capacity(16 + branch.children.len() * HASH_BYTES);
-            out.extend_from_slice(&[TAG_BRANCH, OBJECT_VERSION, branch.depth]);
-            out.extend_from_slice(&branch.count.to_le_bytes());
-            let bitmap = branch
-                .children
-                .iter()
-                .fold(0u32, |map, (slot, _)| map | 1 << slot);
-            out.extend_from_slice(&bitmap.to_le_bytes());
-            for (_, link) in &branch.children {
-                out.extend_from_slice(child(link).as_bytes());
+            let mut out = Vec::with_capacity(16 + branch.children.len() * (HASH_BYTES + 24));
+            out.extend_from_slice(&[TAG_BRANCH, OBJECT_VERSION, branch.level]);
+            out.extend_from_slice(&(branch.children.len() as u32).to_le_bytes());
+            for c in &branch.children {
+                out.extend_from_slice(&(c.last.len() as u16).to_le_bytes());
+                out.extend_from_slice(c.last.as_bytes());
+                out.extend_from_slice(&c.count.to_le_bytes());
+                out.extend_from_slice(child(&c.link).as_bytes());
             }
             out
         }
@@ -370,7 +452,7 @@ impl<'a> Reader<'a> {
         }
         Ok(())
     }
-    fn header(&mut self, tag: u8) -> DecodeResult<u8> {
+    fn header(&mut self, tag: u8) -> DecodeResult<()> {
         let found = self.u8()?;
         if found != tag {
             return Err(format!("object tag {found:#04x}, expected {tag:#04x}"));
@@ -379,7 +461,7 @@ impl<'a> Reader<'a> {
         if version != OBJECT_VERSION {
             return Err(format!("object version {version} is not supported"));
         }
-        self.u8()
+        Ok(())
     }
 }
 
@@ -400,15 +482,12 @@ pub fn decode_node(bytes: &[u8]) -> DecodeResult<Node> {
 
 fn decode_leaf(bytes: &[u8]) -> DecodeResult<Leaf> {
     let mut r = Reader { bytes, at: 0 };
-    let depth = r.header(TAG_LEAF)?;
-    check_depth(depth)?;
+    r.header(TAG_LEAF)?;
     let count = r.u32()? as usize;
-    if count > LEAF_ENTRIES_MAX && depth < DEPTH_MAX {
-        return Err(format!(
-            "leaf holds {count} entries, more than {LEAF_ENTRIES_MAX}"
-        ));
+    if count > ITEMS_MAX {
+        return Err(format!("leaf holds {count} entries, more than {ITEMS_MAX}"));
     }
-    let mut entries: Vec<Entry> = Vec::with_capacity(count.min(LEAF_ENTRIES_MAX));
+    let mut entries: Vec<Entry> = Vec::with_capacity(count);
     for _ in 0..count {
         let entry = decode_entry(&mut r)?;
         if let Some(previous) = entries.last() {
@@ -422,14 +501,18 @@ fn decode_leaf(bytes: &[u8]) -> DecodeResult<Leaf> {
         entries.push(entry);
     }
     r.finish()?;
-    Ok(Leaf { depth, entries })
+    Ok(Leaf { entries })
+}
+
+fn decode_name(r: &mut Reader<'_>) -> DecodeResult<Name> {
+    let len = r.u16()? as usize;
+    let name = std::str::from_utf8(r.take(len)?).map_err(|_| "name is not UTF-8".to_string())?;
+    validate_name(name).map_err(|reason| format!("bad name {name:?}: {reason}"))?;
+    Ok(Name::new(name))
 }
 
 fn decode_entry(r: &mut Reader<'_>) -> DecodeResult<Entry> {
-    let name_len = r.u16()? as usize;
-    let name = std::str::from_utf8(r.take(name_len)?)
-        .map_err(|_| "entry name is not UTF-8".to_string())?;
-    validate_name(name).map_err(|reason| format!("bad entry name {name:?}: {reason}"))?;
+    let name = decode_name(r)?;
     let revision = r.u64()?;
     let value = match r.u8()? {
         1 => {
@@ -456,7 +539,7 @@ fn decode_entry(r: &mut Reader<'_>) -> DecodeResult<Entry> {
         kind => return Err(format!("unknown entry kind {kind} for {name:?}")),
     };
     Ok(Entry {
-        name: Name::from(name),
+        name,
         revision,
         value,
     })
@@ -464,42 +547,47 @@ fn decode_entry(r: &mut Reader<'_>) -> DecodeResult<Entry> {
 
 fn decode_branch(bytes: &[u8]) -> DecodeResult<Branch> {
     let mut r = Reader { bytes, at: 0 };
-    let depth = r.header(TAG_BRANCH)?;
-    check_depth(depth)?;
-    if depth >= DEPTH_MAX {
+    r.header(TAG_BRANCH)?;
+    let level = r.u8()?;
+    if level == 0 {
+        return Err("branch at level 0".into());
+    }
+    let count = r.u32()? as usize;
+    if count == 0 || count > ITEMS_MAX {
         return Err(format!(
-            "branch at depth {depth}, the deepest level must be a leaf"
+            "branch with {count} children (1..={ITEMS_MAX} allowed)"
         ));
     }
-    let count = r.u64()?;
-    let bitmap = r.u32()?;
-    let mut children = Vec::with_capacity(bitmap.count_ones() as usize);
-    for slot in 0..BRANCH_FANOUT as u8 {
-        if bitmap & (1 << slot) != 0 {
-            children.push((slot, Link::Stored(r.hash()?)));
+    let mut children: Vec<Child> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let last = decode_name(&mut r)?;
+        let entries = r.u64()?;
+        let link = Link::Stored(r.hash()?);
+        if let Some(previous) = children.last() {
+            if previous.last >= last {
+                return Err(format!(
+                    "children out of order: {:?} before {:?}",
+                    previous.last, last
+                ));
+            }
         }
+        if entries == 0 {
+            return Err(format!("child ending at {last:?} claims no entries"));
+        }
+        children.push(Child {
+            last,
+            count: entries,
+            link,
+        });
     }
     r.finish()?;
-    if children.is_empty() {
-        return Err("branch without children".into());
-    }
-    Ok(Branch {
-        depth,
-        count,
-        children,
-    })
-}
-
-fn check_depth(depth: u8) -> DecodeResult<()> {
-    if depth > DEPTH_MAX {
-        return Err(format!("depth {depth} exceeds {DEPTH_MAX}"));
-    }
-    Ok(())
+    Ok(Branch { level, children })
 }
 
 pub fn decode_chunk_list(bytes: &[u8]) -> DecodeResult<ChunkList> {
     let mut r = Reader { bytes, at: 0 };
-    let level = r.header(TAG_CHUNK_LIST)?;
+    r.header(TAG_CHUNK_LIST)?;
+    let level = r.u8()?;
     let count = r.u32()? as usize;
     if count == 0 || count > CHUNK_LIST_ENTRIES_MAX {
         return Err(format!(
@@ -520,7 +608,6 @@ mod tests {
 
     fn leaf(names: &[&str]) -> Node {
         Node::Leaf(Leaf {
-            depth: 0,
             entries: names
                 .iter()
                 .map(|n| Entry {
@@ -546,6 +633,26 @@ mod tests {
         assert_eq!(decoded.entries.len(), 3);
         assert_eq!(&*decoded.entries[1].name, "b");
         assert_eq!(encode_node(&Node::Leaf(decoded), &mut no_children), bytes);
+    }
+
+    #[test]
+    fn branch_round_trip() {
+        let child = |last: &str, count| Child {
+            last: Name::from(last),
+            count,
+            link: Link::Stored(Hash::of(last.as_bytes())),
+        };
+        let node = Node::Branch(Branch {
+            level: 2,
+            children: vec![child("m", 40), child("z", 3)],
+        });
+        let bytes = encode_node(&node, &mut |link| link.known_hash().unwrap());
+        let Node::Branch(decoded) = decode_node(&bytes).unwrap() else {
+            panic!("not a branch")
+        };
+        assert_eq!(decoded.level, 2);
+        assert_eq!(decoded.children[1].count, 3);
+        assert_eq!(Node::Branch(decoded).count(), 43);
     }
 
     #[test]
@@ -581,16 +688,25 @@ mod tests {
     }
 
     #[test]
-    fn slots_cover_all_bits() {
-        let hash = [0xffu8; HASH_BYTES];
-        for depth in 0..=DEPTH_MAX {
-            assert_eq!(slot(&hash, depth), 31);
+    fn boundaries_are_about_one_in_target_and_independent_per_level() {
+        let names: Vec<Name> = (0..64_000).map(|i| Name::new(&format!("k{i}"))).collect();
+        for level in 0..3 {
+            let cuts = names.iter().filter(|n| n.is_boundary(level)).count();
+            let expected = names.len() / ITEMS_TARGET;
+            assert!(
+                cuts > expected * 9 / 10 && cuts < expected * 11 / 10,
+                "level {level}: {cuts}"
+            );
         }
-        let zero = [0u8; HASH_BYTES];
-        assert_eq!(slot(&zero, 3), 0);
-        let mut one = [0u8; HASH_BYTES];
-        one[0] = 0b0010_0000; // bit 5: the lowest bit of depth 1
-        assert_eq!(slot(&one, 0), 0);
-        assert_eq!(slot(&one, 1), 1);
+        // Independent levels: a name is a boundary at both about 1 / TARGET^2 of the time.
+        let both = names
+            .iter()
+            .filter(|n| n.is_boundary(0) && n.is_boundary(1))
+            .count();
+        let independent = names.len() / (ITEMS_TARGET * ITEMS_TARGET);
+        assert!(
+            both > independent * 3 / 4 && both < independent * 5 / 4,
+            "levels must use independent bits: {both}"
+        );
     }
 }

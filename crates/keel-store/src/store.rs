@@ -477,7 +477,6 @@ impl Store {
                 let mut live = HashSet::new();
                 let probe = Link::Loaded(Arc::new(crate::object::NodeCell::new(
                     crate::object::Node::Leaf(crate::object::Leaf {
-                        depth: 0,
                         entries: vec![Entry {
                             name: "probe".into(),
                             revision,
@@ -688,9 +687,11 @@ impl Store {
         if let Some(last) = objects.pack.last_commit() {
             roots.push(Link::Stored(last.root));
         }
-        for checkpoint in self.inner.checkpoints.lock().history() {
-            roots.push(Link::Stored(checkpoint.root));
-        }
+        let mut checkpoints = self.inner.checkpoints.lock();
+        // Dropped checkpoints must stay dropped before their blobs go.
+        checkpoints.persist_retention()?;
+        roots.extend(checkpoints.history().iter().map(|c| Link::Stored(c.root)));
+        drop(checkpoints);
         let mut live = HashSet::new();
         for root in &roots {
             tree::mark(objects, root, &mut live, OnDamage::Fail, false).map_err(|error| {

@@ -1,8 +1,8 @@
 //! Operations on the Merkle tree: HAMT directories, paths, values, flushing.
 //!
-//! Trees are persistent: a change copies the nodes on its path (only those
-//! not already private to the writer) and leaves every other node shared, so
-//! a reader holding an older root keeps a consistent view for free. New
+//! Trees are persistent: a change builds new nodes for its path (and for the
+//! few neighbours a changed boundary pulls in) and shares every other node,
+//! so a reader holding an older root keeps a consistent view for free. New
 //! nodes have no hash until [`flush`] encodes them, children first, into a
 //! [`PackBatch`]; many changes can share one flush.
 
@@ -17,10 +17,9 @@ use quick_cache::Weighter;
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
 use crate::object::{
-    decode_chunk_list, decode_node, encode_chunk_list, encode_node, name_hash, slot, Branch,
-    ChunkList, Entry, EntryValue, Leaf, Link, Name, Node, NodeCell, CHUNK_BYTES_AVERAGE,
-    CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, CHUNK_LIST_ENTRIES_MAX, DEPTH_MAX, INLINE_VALUE_BYTES_MAX,
-    LEAF_ENTRIES_MAX,
+    decode_chunk_list, decode_node, encode_chunk_list, encode_node, Branch, Child, ChunkList,
+    Entry, EntryValue, Leaf, Link, Name, Node, NodeCell, CHUNK_BYTES_AVERAGE, CHUNK_BYTES_MAX,
+    CHUNK_BYTES_MIN, CHUNK_LIST_ENTRIES_MAX, INLINE_VALUE_BYTES_MAX, ITEMS_MAX,
 };
 use crate::pack::{HashMapByHash, Pack, PackBatch};
 
@@ -44,7 +43,13 @@ impl Weighter<Hash, Arc<NodeCell>> for NodeWeight {
                     .sum();
                 (96 + entries) as u64
             }
-            Node::Branch(branch) => (96 + branch.children.len() * 48) as u64,
+            Node::Branch(branch) => {
+                (96 + branch
+                    .children
+                    .iter()
+                    .map(|c| 64 + c.last.len())
+                    .sum::<usize>()) as u64
+            }
         }
     }
 }
@@ -91,7 +96,6 @@ impl Objects {
         }
         if *hash == empty_dir_hash() {
             let empty = Node::Leaf(Leaf {
-                depth: 0,
                 entries: Vec::new(),
             });
             return Ok(Arc::new(NodeCell::stored(empty, *hash)));
@@ -130,40 +134,44 @@ impl Objects {
     }
 }
 
-// ---------------------------------------------------------------- HAMT
+// ---------------------------------------------------------------- directories
 
 /// Number of direct entries of the directory rooted at `root`.
 pub fn dir_count(objects: &Objects, root: &Link) -> Result<u64> {
     Ok(objects.resolve(root)?.node.count())
 }
 
+/// Index of the child whose range holds `name`, if any does.
+fn child_for(children: &[Child], name: &str) -> Option<usize> {
+    let i = children.partition_point(|c| c.last.as_str() < name);
+    (i < children.len()).then_some(i)
+}
+
 /// The entry `name` of the directory rooted at `root`.
 pub fn dir_get(objects: &Objects, root: &Link, name: &str) -> Result<Option<Entry>> {
-    let hash = name_hash(name);
     let mut cell = objects.resolve(root)?;
     loop {
         let next = match &cell.node {
             Node::Leaf(leaf) => {
                 return Ok(leaf
                     .entries
-                    .binary_search_by(|e| (*e.name).cmp(name))
+                    .binary_search_by(|e| e.name.as_str().cmp(name))
                     .ok()
                     .map(|i| leaf.entries[i].clone()))
             }
-            Node::Branch(branch) => match child_index(branch, slot(&hash, branch.depth)) {
-                Ok(i) => objects.resolve(&branch.children[i].1)?,
-                Err(_) => return Ok(None),
+            Node::Branch(branch) => match child_for(&branch.children, name) {
+                Some(i) => objects.resolve(&branch.children[i].link)?,
+                None => return Ok(None),
             },
         };
         cell = next;
     }
 }
 
-/// Every entry of the directory rooted at `root`, sorted by name.
+/// Every entry of the directory rooted at `root`, in name order.
 pub fn dir_entries(objects: &Objects, root: &Link) -> Result<Vec<Entry>> {
     let mut out = Vec::new();
     collect_entries(objects, root, &mut out)?;
-    out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
@@ -172,191 +180,249 @@ fn collect_entries(objects: &Objects, link: &Link, out: &mut Vec<Entry>) -> Resu
     match &cell.node {
         Node::Leaf(leaf) => out.extend(leaf.entries.iter().cloned()),
         Node::Branch(branch) => {
-            for (_, child) in &branch.children {
-                collect_entries(objects, child, out)?;
+            for child in &branch.children {
+                collect_entries(objects, &child.link, out)?;
             }
         }
     }
     Ok(())
 }
 
-fn child_index(branch: &Branch, slot: u8) -> std::result::Result<usize, usize> {
-    branch.children.binary_search_by_key(&slot, |(s, _)| *s)
+/// The new value of one entry, computed from the old one when the rebuild
+/// reaches it; `None` removes the entry.
+type EditFn<'a> = dyn FnMut(Option<&Entry>) -> Result<Option<Entry>> + 'a;
+
+/// Rebuilds a directory with one entry edited: `edit` gets the current entry
+/// (if any) and returns the new one (or `None` to remove it). Nothing of the
+/// old tree changes; the result shares every untouched subtree with it.
+pub fn update(objects: &Objects, root: &Link, name: &str, edit: &mut EditFn<'_>) -> Result<Link> {
+    let mut builder = Builder::default();
+    let cell = objects.resolve(root)?;
+    let level = cell.node.level();
+    builder.descend(objects, &cell, level, Some((name, edit)))?;
+    builder.finish(objects)
 }
 
-/// Gives mutable access to the node behind `link`, copying it first unless
-/// it is already private to the caller and not yet written.
-fn make_mut<'a>(objects: &Objects, link: &'a mut Link) -> Result<&'a mut Node> {
-    let private = match link {
-        Link::Loaded(cell) => cell.hash().is_none() && Arc::get_mut(cell).is_some(),
-        Link::Stored(_) => false,
-    };
-    if !private {
-        let copy = NodeCell::clone(&*objects.resolve(link)?);
-        *link = Link::Loaded(Arc::new(copy));
-    }
-    match link {
-        Link::Loaded(cell) => Ok(&mut Arc::get_mut(cell).expect("node was just made private").node),
-        Link::Stored(_) => unreachable!("link was just replaced by a loaded node"),
-    }
+/// Re-chunks the items of every level as a rebuild streams them in,
+/// bottom-up: a finished node at level L becomes an item of level L + 1.
+///
+/// Invariant: chunking restarts at every cut, so an untouched node that
+/// ends with a cut can be reused whole whenever no items are pending at its
+/// level or below (`is_fresh`), which is what keeps a rebuild O(log n).
+#[derive(Default)]
+struct Builder {
+    /// Pending entries of the level-0 node being built.
+    entries: Vec<Entry>,
+    /// Pending children of the level-(i + 1) node being built.
+    children: Vec<Vec<Child>>,
+    /// Nodes finished (built or reused) per level.
+    emitted: Vec<u64>,
 }
 
-/// Builds the canonical node for `entries` (sorted by name) at `depth`.
-fn build_node(entries: Vec<Entry>, depth: u8) -> Node {
-    if entries.len() <= LEAF_ENTRIES_MAX || depth == DEPTH_MAX {
-        return Node::Leaf(Leaf { depth, entries });
+impl Builder {
+    fn is_fresh(&self, level: u8) -> bool {
+        self.entries.is_empty()
+            && self
+                .children
+                .iter()
+                .take(level as usize)
+                .all(|c| c.is_empty())
     }
-    let count = entries.len() as u64;
-    let mut groups: Vec<(u8, Vec<Entry>)> = Vec::new();
-    let mut keyed: Vec<(u8, Entry)> = entries
-        .into_iter()
-        .map(|e| (slot(&name_hash(&e.name), depth), e))
-        .collect();
-    // Stable sort keeps each group's entries in name order.
-    keyed.sort_by_key(|(s, _)| *s);
-    for (s, entry) in keyed {
-        match groups.last_mut() {
-            Some((last, group)) if *last == s => group.push(entry),
-            _ => groups.push((s, vec![entry])),
+
+    fn count_emitted(&mut self, level: u8) {
+        let level = level as usize;
+        if self.emitted.len() <= level {
+            self.emitted.resize(level + 1, 0);
+        }
+        self.emitted[level] += 1;
+    }
+
+    fn push_entry(&mut self, entry: Entry) {
+        let cut = entry.name.is_boundary(0) || self.entries.len() + 1 >= ITEMS_MAX;
+        self.entries.push(entry);
+        if cut {
+            self.cut_leaf();
         }
     }
-    let children = groups
-        .into_iter()
-        .map(|(s, group)| {
-            (
-                s,
-                Link::Loaded(Arc::new(NodeCell::new(build_node(group, depth + 1)))),
-            )
-        })
-        .collect();
-    Node::Branch(Branch {
-        depth,
-        count,
-        children,
-    })
-}
 
-/// Inserts or replaces an entry; returns the entry it replaced.
-pub fn dir_insert(objects: &Objects, root: &mut Link, entry: Entry) -> Result<Option<Entry>> {
-    let hash = name_hash(&entry.name);
-    node_insert(objects, root, entry, &hash)
-}
+    fn cut_leaf(&mut self) {
+        let entries = std::mem::take(&mut self.entries);
+        let last = entries.last().expect("a cut leaf has entries").name.clone();
+        let count = entries.len() as u64;
+        let link = Link::Loaded(Arc::new(NodeCell::new(Node::Leaf(Leaf { entries }))));
+        self.count_emitted(0);
+        self.push_child(1, Child { last, count, link });
+    }
 
-fn node_insert(
-    objects: &Objects,
-    link: &mut Link,
-    entry: Entry,
-    hash: &[u8; 32],
-) -> Result<Option<Entry>> {
-    let node = make_mut(objects, link)?;
-    match node {
-        Node::Leaf(leaf) => match leaf.entries.binary_search_by(|e| e.name.cmp(&entry.name)) {
-            Ok(i) => Ok(Some(std::mem::replace(&mut leaf.entries[i], entry))),
-            Err(i) => {
-                leaf.entries.insert(i, entry);
-                if leaf.entries.len() > LEAF_ENTRIES_MAX && leaf.depth < DEPTH_MAX {
-                    let depth = leaf.depth;
-                    let entries = std::mem::take(&mut leaf.entries);
-                    *node = build_node(entries, depth);
-                }
-                Ok(None)
+    /// Adds a finished level-(level - 1) node as an item of `level`.
+    fn push_child(&mut self, level: u8, child: Child) {
+        let index = level as usize - 1;
+        if self.children.len() <= index {
+            self.children.resize_with(index + 1, Vec::new);
+        }
+        let cut = child.last.is_boundary(level) || self.children[index].len() + 1 >= ITEMS_MAX;
+        self.children[index].push(child);
+        if cut {
+            self.cut_branch(level);
+        }
+    }
+
+    fn cut_branch(&mut self, level: u8) {
+        let children = std::mem::take(&mut self.children[level as usize - 1]);
+        let last = children
+            .last()
+            .expect("a cut branch has children")
+            .last
+            .clone();
+        let count = children.iter().map(|c| c.count).sum();
+        let link = Link::Loaded(Arc::new(NodeCell::new(Node::Branch(Branch {
+            level,
+            children,
+        }))));
+        self.count_emitted(level);
+        self.push_child(level + 1, Child { last, count, link });
+    }
+
+    /// Streams a child (a level-`level` node) into the rebuild: whole when
+    /// it is untouched and ends with a cut, else item by item.
+    fn visit(
+        &mut self,
+        objects: &Objects,
+        child: &Child,
+        level: u8,
+        edit: Option<(&str, &mut EditFn<'_>)>,
+    ) -> Result<()> {
+        if edit.is_none() && self.is_fresh(level) {
+            let ends_with_cut = child.last.is_boundary(level)
+                || objects.resolve(&child.link)?.node.items() >= ITEMS_MAX;
+            if ends_with_cut {
+                self.count_emitted(level);
+                self.push_child(level + 1, child.clone());
+                return Ok(());
             }
-        },
-        Node::Branch(branch) => {
-            let s = slot(hash, branch.depth);
-            let replaced = match child_index(branch, s) {
-                Ok(i) => node_insert(objects, &mut branch.children[i].1, entry, hash)?,
-                Err(i) => {
-                    let leaf = Node::Leaf(Leaf {
-                        depth: branch.depth + 1,
-                        entries: vec![entry],
-                    });
-                    branch
-                        .children
-                        .insert(i, (s, Link::Loaded(Arc::new(NodeCell::new(leaf)))));
-                    None
-                }
-            };
-            if replaced.is_none() {
-                branch.count += 1;
-            }
-            Ok(replaced)
         }
+        let cell = objects.resolve(&child.link)?;
+        self.descend(objects, &cell, level, edit)
     }
-}
 
-/// Removes an entry; returns it. Call only for names known to exist (a miss
-/// still copies the path, which is harmless but wasteful).
-pub fn dir_remove(objects: &Objects, root: &mut Link, name: &str) -> Result<Option<Entry>> {
-    let hash = name_hash(name);
-    node_remove(objects, root, name, &hash)
-}
-
-fn node_remove(
-    objects: &Objects,
-    link: &mut Link,
-    name: &str,
-    hash: &[u8; 32],
-) -> Result<Option<Entry>> {
-    let node = make_mut(objects, link)?;
-    let Node::Branch(branch) = node else {
-        let Node::Leaf(leaf) = node else {
-            unreachable!()
-        };
-        return Ok(
-            match leaf.entries.binary_search_by(|e| (*e.name).cmp(name)) {
-                Ok(i) => Some(leaf.entries.remove(i)),
-                Err(_) => None,
-            },
-        );
-    };
-    let Ok(i) = child_index(branch, slot(hash, branch.depth)) else {
-        return Ok(None);
-    };
-    let removed = node_remove(objects, &mut branch.children[i].1, name, hash)?;
-    if removed.is_none() {
-        return Ok(None);
-    }
-    branch.count -= 1;
-    if objects.resolve(&branch.children[i].1)?.node.count() == 0 {
-        branch.children.remove(i);
-    }
-    if branch.count as usize <= LEAF_ENTRIES_MAX {
-        let depth = branch.depth;
-        let mut entries = Vec::with_capacity(branch.count as usize);
-        for (_, child) in &branch.children {
-            collect_entries(objects, child, &mut entries)?;
-        }
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        *node = Node::Leaf(Leaf { depth, entries });
-    }
-    Ok(removed)
-}
-
-/// Mutable access to entry `name`, copying the nodes on its path as needed.
-fn dir_entry_mut<'a>(
-    objects: &Objects,
-    root: &'a mut Link,
-    name: &str,
-) -> Result<Option<&'a mut Entry>> {
-    let hash = name_hash(name);
-    let mut link = root;
-    loop {
-        let node = make_mut(objects, link)?;
-        match node {
+    /// Streams the items of `cell` (a level-`level` node), applying `edit`
+    /// where its name falls.
+    fn descend(
+        &mut self,
+        objects: &Objects,
+        cell: &NodeCell,
+        level: u8,
+        edit: Option<(&str, &mut EditFn<'_>)>,
+    ) -> Result<()> {
+        match &cell.node {
             Node::Leaf(leaf) => {
-                return Ok(
-                    match leaf.entries.binary_search_by(|e| (*e.name).cmp(name)) {
-                        Ok(i) => Some(&mut leaf.entries[i]),
-                        Err(_) => None,
-                    },
-                )
+                let Some((name, edit)) = edit else {
+                    for entry in &leaf.entries {
+                        self.push_entry(entry.clone());
+                    }
+                    return Ok(());
+                };
+                let position = leaf.entries.binary_search_by(|e| e.name.as_str().cmp(name));
+                let (before, existing, after) = match position {
+                    Ok(i) => (i, Some(&leaf.entries[i]), i + 1),
+                    Err(i) => (i, None, i),
+                };
+                let replacement = edit(existing)?;
+                for entry in &leaf.entries[..before] {
+                    self.push_entry(entry.clone());
+                }
+                if let Some(entry) = replacement {
+                    assert_eq!(
+                        entry.name.as_str(),
+                        name,
+                        "an edit must keep the entry's name"
+                    );
+                    self.push_entry(entry);
+                }
+                for entry in &leaf.entries[after..] {
+                    self.push_entry(entry.clone());
+                }
+                Ok(())
             }
-            Node::Branch(branch) => match child_index(branch, slot(&hash, branch.depth)) {
-                Ok(i) => link = &mut branch.children[i].1,
-                Err(_) => return Ok(None),
-            },
+            Node::Branch(branch) => {
+                // Names past the last child belong to the last child.
+                let target = edit.as_ref().map(|(name, _)| {
+                    child_for(&branch.children, name).unwrap_or(branch.children.len() - 1)
+                });
+                let mut edit = edit;
+                for (i, child) in branch.children.iter().enumerate() {
+                    let this = if Some(i) == target { edit.take() } else { None };
+                    self.visit(objects, child, level - 1, this)?;
+                }
+                Ok(())
+            }
         }
+    }
+
+    /// Closes every pending node and returns the root.
+    ///
+    /// Closing goes up level by level until one item remains with nothing
+    /// above it: the top. The canonical root is the lowest single node, so
+    /// the top's chain of single-child branches (made by a cut that carried
+    /// a lone node up, or reused whole) is skipped.
+    fn finish(mut self, objects: &Objects) -> Result<Link> {
+        if !self.entries.is_empty() {
+            let entries = std::mem::take(&mut self.entries);
+            self.close(0, Node::Leaf(Leaf { entries }));
+        }
+        let mut level = 0usize;
+        let top = loop {
+            let pending = self.children.get(level).map_or(0, |c| c.len());
+            let emitted_above = self.emitted.get(level + 1).copied().unwrap_or(0);
+            let nothing_above = emitted_above == 0 && self.higher_levels_empty(level + 1);
+            if pending == 0 && nothing_above {
+                assert_eq!(level, 0, "a level with nodes hands them to the level above");
+                return Ok(Link::empty_dir());
+            }
+            if pending == 1 && nothing_above {
+                break self.children[level].pop().expect("one pending item").link;
+            }
+            if pending > 0 {
+                let children = std::mem::take(&mut self.children[level]);
+                let branch_level = level as u8 + 1;
+                self.close(
+                    branch_level,
+                    Node::Branch(Branch {
+                        level: branch_level,
+                        children,
+                    }),
+                );
+            }
+            level += 1;
+        };
+        let mut root = top;
+        loop {
+            let cell = objects.resolve(&root)?;
+            match &cell.node {
+                Node::Branch(branch) if branch.children.len() == 1 => {
+                    root = branch.children[0].link.clone()
+                }
+                _ => return Ok(root),
+            }
+        }
+    }
+
+    fn higher_levels_empty(&self, level: usize) -> bool {
+        self.children.iter().skip(level).all(|c| c.is_empty())
+    }
+
+    /// Closes the last node of `level` (it need not end with a cut) and
+    /// queues it as an item of the level above.
+    fn close(&mut self, level: u8, node: Node) {
+        let last = node.last_name().expect("a closed node has items").clone();
+        let count = node.count();
+        let link = Link::Loaded(Arc::new(NodeCell::new(node)));
+        self.count_emitted(level);
+        let index = level as usize;
+        if self.children.len() <= index {
+            self.children.resize_with(index + 1, Vec::new);
+        }
+        self.children[index].push(Child { last, count, link });
     }
 }
 
@@ -405,9 +471,111 @@ pub fn get_dir(objects: &Objects, root: &Link, names: &[&str]) -> Result<Option<
     }
 }
 
-/// Sets the value at a key, creating parent directories. Returns the entry
-/// it replaced. Errors (before any change) if a parent is a value or the key
-/// is a directory.
+// In-place edits. A node is private when it is in memory, has no hash yet
+// and nothing else holds it: the writer built it for the change under way.
+// Edits that move no boundary change private nodes in place; everything
+// else goes through `update`, which is always correct.
+
+fn private_node(link: &mut Link) -> Option<&mut Node> {
+    match link {
+        Link::Loaded(cell) if cell.hash().is_none() => {
+            Arc::get_mut(cell).map(|cell| &mut cell.node)
+        }
+        _ => None,
+    }
+}
+
+/// The entry `name`, when every node on its path is private.
+fn entry_in_place<'a>(link: &'a mut Link, name: &str) -> Option<&'a mut Entry> {
+    match private_node(link)? {
+        Node::Leaf(leaf) => {
+            let i = leaf
+                .entries
+                .binary_search_by(|e| e.name.as_str().cmp(name))
+                .ok()?;
+            Some(&mut leaf.entries[i])
+        }
+        Node::Branch(branch) => {
+            let i = child_for(&branch.children, name)?;
+            entry_in_place(&mut branch.children[i].link, name)
+        }
+    }
+}
+
+/// Inserts a new entry in place when that moves no boundary; gives the
+/// entry back otherwise. The caller knows the name is absent.
+fn insert_in_place(link: &mut Link, entry: Entry) -> Option<Entry> {
+    let Some(node) = private_node(link) else {
+        return Some(entry);
+    };
+    match node {
+        Node::Leaf(leaf) => {
+            let i = leaf.entries.partition_point(|e| e.name < entry.name);
+            let appended = i == leaf.entries.len();
+            let moves_boundary = if appended {
+                // Only the level's last leaf is appended to; its old last
+                // entry must not be a cut, or the new one starts a new leaf.
+                leaf.entries
+                    .last()
+                    .is_some_and(|last| last.name.is_boundary(0))
+            } else {
+                entry.name.is_boundary(0)
+            };
+            if moves_boundary || leaf.entries.len() + 1 >= ITEMS_MAX {
+                return Some(entry);
+            }
+            leaf.entries.insert(i, entry);
+            None
+        }
+        Node::Branch(branch) => {
+            let i = child_for(&branch.children, &entry.name).unwrap_or(branch.children.len() - 1);
+            let name = entry.name.clone();
+            let refused = insert_in_place(&mut branch.children[i].link, entry);
+            if refused.is_none() {
+                let child = &mut branch.children[i];
+                child.count += 1;
+                if name > child.last {
+                    child.last = name;
+                }
+            }
+            refused
+        }
+    }
+}
+
+/// Removes an entry in place when that moves no boundary (it is not the
+/// last of its leaf, and the leaf was not cut by the item limit).
+fn remove_in_place(link: &mut Link, name: &str) -> bool {
+    let Some(node) = private_node(link) else {
+        return false;
+    };
+    match node {
+        Node::Leaf(leaf) => {
+            let Ok(i) = leaf.entries.binary_search_by(|e| e.name.as_str().cmp(name)) else {
+                return false;
+            };
+            if i + 1 == leaf.entries.len() || leaf.entries.len() >= ITEMS_MAX {
+                return false;
+            }
+            leaf.entries.remove(i);
+            true
+        }
+        Node::Branch(branch) => {
+            let Some(i) = child_for(&branch.children, name) else {
+                return false;
+            };
+            let removed = remove_in_place(&mut branch.children[i].link, name);
+            if removed {
+                branch.children[i].count -= 1;
+            }
+            removed
+        }
+    }
+}
+
+/// Sets the value at a key, creating parent directories, and returns the
+/// entry it replaced. Errors (changing nothing visible) if a parent is a
+/// value or the key is a directory.
 pub fn put_path(
     objects: &Objects,
     root: &mut Link,
@@ -415,7 +583,7 @@ pub fn put_path(
     value: EntryValue,
     revision: u64,
 ) -> Result<Option<Entry>> {
-    put_at(objects, root, names, 0, value, revision)
+    put_at(objects, root, names, 0, &value, revision)
 }
 
 fn put_at(
@@ -423,52 +591,79 @@ fn put_at(
     dir: &mut Link,
     names: &[&str],
     at: usize,
-    value: EntryValue,
+    value: &EntryValue,
     revision: u64,
 ) -> Result<Option<Entry>> {
     let name = names[at];
-    if at + 1 == names.len() {
-        if let Some(existing) = dir_get(objects, dir, name)? {
+    let last = at + 1 == names.len();
+    if let Some(existing) = entry_in_place(dir, name) {
+        if last {
             if existing.value.is_dir() && !value.is_dir() {
                 return Err(StoreError::IsADirectory {
                     path: names.join("/"),
                 });
             }
+            existing.revision = revision;
+            let old = std::mem::replace(&mut existing.value, value.clone());
+            return Ok(Some(Entry {
+                name: existing.name.clone(),
+                revision,
+                value: old,
+            }));
         }
-        let entry = Entry {
-            name: Name::from(name),
-            revision,
-            value,
+        let EntryValue::Dir { root, count } = &mut existing.value else {
+            return Err(StoreError::NotADirectory {
+                path: names[..=at].join("/"),
+            });
         };
-        return dir_insert(objects, dir, entry);
+        let replaced = put_at(objects, root, names, at + 1, value, revision)?;
+        *count = dir_count(objects, root)?;
+        existing.revision = revision;
+        return Ok(replaced);
     }
-    match dir_entry_mut(objects, dir, name)? {
-        Some(entry) => {
-            let EntryValue::Dir { root, count } = &mut entry.value else {
+    if last && private_node(dir).is_some() && dir_get(objects, dir, name)?.is_none() {
+        let entry = Entry {
+            name: Name::new(name),
+            revision,
+            value: value.clone(),
+        };
+        if insert_in_place(dir, entry).is_none() {
+            return Ok(None);
+        }
+    }
+    let mut replaced = None;
+    *dir = update(objects, dir, name, &mut |existing| {
+        if last {
+            if existing.is_some_and(|e| e.value.is_dir()) && !value.is_dir() {
+                return Err(StoreError::IsADirectory {
+                    path: names.join("/"),
+                });
+            }
+            replaced = existing.cloned();
+            return Ok(Some(Entry {
+                name: Name::new(name),
+                revision,
+                value: value.clone(),
+            }));
+        }
+        let mut child = match existing.map(|e| &e.value) {
+            None => Link::empty_dir(),
+            Some(EntryValue::Dir { root, .. }) => root.clone(),
+            Some(_) => {
                 return Err(StoreError::NotADirectory {
                     path: names[..=at].join("/"),
-                });
-            };
-            let replaced = put_at(objects, root, names, at + 1, value, revision)?;
-            *count = dir_count(objects, root)?;
-            entry.revision = revision;
-            Ok(replaced)
-        }
-        None => {
-            let mut child = Link::empty_dir();
-            put_at(objects, &mut child, names, at + 1, value, revision)?;
-            let entry = Entry {
-                name: Name::from(name),
-                revision,
-                value: EntryValue::Dir {
-                    root: child,
-                    count: 1,
-                },
-            };
-            dir_insert(objects, dir, entry)?;
-            Ok(None)
-        }
-    }
+                })
+            }
+        };
+        replaced = put_at(objects, &mut child, names, at + 1, value, revision)?;
+        let count = dir_count(objects, &child)?;
+        Ok(Some(Entry {
+            name: Name::new(name),
+            revision,
+            value: EntryValue::Dir { root: child, count },
+        }))
+    })?;
+    Ok(replaced)
 }
 
 /// Removes the entry at a key (a value, or with `allow_dir` a whole
@@ -480,45 +675,67 @@ pub fn remove_path(
     allow_dir: bool,
     revision: u64,
 ) -> Result<Option<Entry>> {
-    match get_path(objects, root, names)? {
+    let removed = match get_path(objects, root, names)? {
         None => return Ok(None),
         Some(entry) if entry.value.is_dir() && !allow_dir => {
             return Err(StoreError::IsADirectory {
                 path: names.join("/"),
             })
         }
-        Some(_) => {}
-    }
-    remove_at(objects, root, names, 0, revision)
+        Some(entry) => entry,
+    };
+    remove_at(objects, root, names, 0, revision)?;
+    Ok(Some(removed))
 }
 
+/// Removes a key known to exist below `dir`.
 fn remove_at(
     objects: &Objects,
     dir: &mut Link,
     names: &[&str],
     at: usize,
     revision: u64,
-) -> Result<Option<Entry>> {
+) -> Result<()> {
     let name = names[at];
     if at + 1 == names.len() {
-        return dir_remove(objects, dir, name);
+        if !remove_in_place(dir, name) {
+            *dir = update(objects, dir, name, &mut |_| Ok(None))?;
+        }
+        return Ok(());
     }
-    let (removed, now_empty) = {
-        let Some(entry) = dir_entry_mut(objects, dir, name)? else {
-            return Ok(None);
+    if let Some(existing) = entry_in_place(dir, name) {
+        let EntryValue::Dir { root, count } = &mut existing.value else {
+            unreachable!("remove_path checked that the key exists");
         };
-        let EntryValue::Dir { root, count } = &mut entry.value else {
-            return Ok(None);
-        };
-        let removed = remove_at(objects, root, names, at + 1, revision)?;
+        remove_at(objects, root, names, at + 1, revision)?;
         *count = dir_count(objects, root)?;
-        entry.revision = revision;
-        (removed, *count == 0)
-    };
-    if now_empty {
-        dir_remove(objects, dir, name)?;
+        existing.revision = revision;
+        if *count > 0 {
+            return Ok(());
+        }
+        // The directory is now empty: remove its entry below.
     }
-    Ok(removed)
+    *dir = update(objects, dir, name, &mut |existing| {
+        let Some(Entry {
+            value: EntryValue::Dir { root, .. },
+            ..
+        }) = existing
+        else {
+            unreachable!("remove_path checked that the key exists");
+        };
+        let mut child = root.clone();
+        if dir_count(objects, &child)? > 0 {
+            remove_at(objects, &mut child, names, at + 1, revision)?;
+        }
+        let count = dir_count(objects, &child)?;
+        // A directory left empty disappears with its last entry.
+        Ok((count > 0).then(|| Entry {
+            name: Name::new(name),
+            revision,
+            value: EntryValue::Dir { root: child, count },
+        }))
+    })?;
+    Ok(())
 }
 
 // ---------------------------------------------------------------- flush
@@ -549,7 +766,6 @@ pub fn empty_dir_hash() -> Hash {
     static EMPTY: std::sync::OnceLock<Hash> = std::sync::OnceLock::new();
     *EMPTY.get_or_init(|| {
         let node = Node::Leaf(Leaf {
-            depth: 0,
             entries: Vec::new(),
         });
         Hash::of(&encode_node(&node, &mut |_| {
@@ -593,7 +809,7 @@ pub fn mark(
         };
         let entries = match &cell.node {
             Node::Branch(branch) => {
-                stack.extend(branch.children.iter().map(|(_, child)| child.clone()));
+                stack.extend(branch.children.iter().map(|child| child.link.clone()));
                 continue;
             }
             Node::Leaf(leaf) => &leaf.entries,
@@ -837,3 +1053,172 @@ pub fn write_value_to(
 
 /// A map from hash to anything, hashed cheaply (hashes are already uniform).
 pub type ByHash<V> = HashMapByHash<V>;
+
+/// Checks that the directory rooted at `root` is exactly the canonical tree
+/// of its entries: every node in bounds, sorted, with correct counts and last
+/// names, cut exactly where the rules say. Returns the first violation.
+pub fn check_canonical(objects: &Objects, root: &Link) -> Result<std::result::Result<(), String>> {
+    let entries = dir_entries(objects, root)?;
+    let mut builder = Builder::default();
+    for entry in entries {
+        builder.push_entry(entry);
+    }
+    let expected = builder.finish(objects)?;
+    let expected_hash = hash_detached(&expected);
+    let actual_hash = match root.known_hash() {
+        Some(hash) => hash,
+        None => hash_detached(root),
+    };
+    if expected_hash == actual_hash {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(format!(
+            "directory {actual_hash} is not in canonical form (expected {expected_hash} for the same entries)"
+        )))
+    }
+}
+
+/// Hashes an in-memory tree without touching the pack or the cache.
+fn hash_detached(link: &Link) -> Hash {
+    match link {
+        Link::Stored(hash) => *hash,
+        Link::Loaded(cell) => match cell.hash() {
+            Some(hash) => hash,
+            None => Hash::of(&encode_node(&cell.node, &mut hash_detached)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::segment::Mode;
+
+    fn objects() -> (tempfile::TempDir, Objects) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("staging")).unwrap();
+        let (pack, _) = Pack::open(
+            &dir.path().join("pack"),
+            &dir.path().join("staging"),
+            Mode::ReadWrite,
+            1 << 26,
+        )
+        .unwrap();
+        (dir, Objects::new(pack, 1 << 24))
+    }
+
+    fn value() -> EntryValue {
+        EntryValue::Inline(Bytes::from_static(b"v"))
+    }
+
+    /// Structural invariants of every node, independent of canonical form.
+    fn check_structure(objects: &Objects, link: &Link, level: u8) -> (u64, Option<String>) {
+        let cell = objects.resolve(link).unwrap();
+        assert_eq!(cell.node.level(), level, "node at the wrong level");
+        assert!(cell.node.items() <= ITEMS_MAX, "node over the item limit");
+        match &cell.node {
+            Node::Leaf(leaf) => {
+                assert!(
+                    leaf.entries.windows(2).all(|w| w[0].name < w[1].name),
+                    "leaf out of order"
+                );
+                (
+                    leaf.entries.len() as u64,
+                    leaf.entries.last().map(|e| e.name.to_string()),
+                )
+            }
+            Node::Branch(branch) => {
+                let mut total = 0;
+                for child in &branch.children {
+                    let (count, last) = check_structure(objects, &child.link, level - 1);
+                    assert_eq!(count, child.count, "child count");
+                    assert_eq!(
+                        last.as_deref(),
+                        Some(child.last.as_str()),
+                        "child last name"
+                    );
+                    total += count;
+                }
+                (total, branch.children.last().map(|c| c.last.to_string()))
+            }
+        }
+    }
+
+    fn run(names: &[String], ops: &[(bool, usize)]) {
+        let (_dir, objects) = objects();
+        let mut root = Link::empty_dir();
+        let mut model = BTreeSet::new();
+        for (step, (insert, index)) in ops.iter().enumerate() {
+            if step % 97 == 0 || index % 5 == 0 {
+                // Hash everything now and then: later edits start from shared nodes.
+                let mut batch = PackBatch::new();
+                flush(&objects, &root, &mut batch);
+                objects.pack.write(batch, None, false).unwrap();
+            }
+            let name = &names[index % names.len()];
+            if *insert {
+                put_path(&objects, &mut root, &[name.as_str()], value(), 1).unwrap();
+                model.insert(name.clone());
+            } else {
+                remove_path(&objects, &mut root, &[name.as_str()], false, 1).unwrap();
+                model.remove(name);
+            }
+        }
+        let listed: Vec<String> = dir_entries(&objects, &root)
+            .unwrap()
+            .iter()
+            .map(|e| e.name.to_string())
+            .collect();
+        assert_eq!(listed, model.iter().cloned().collect::<Vec<_>>());
+        let level = objects.resolve(&root).unwrap().node.level();
+        check_structure(&objects, &root, level);
+        check_canonical(&objects, &root).unwrap().unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 24, failure_persistence: None, ..ProptestConfig::default() })]
+
+        #[test]
+        fn random_edits_leave_the_canonical_tree(ops in prop::collection::vec((prop::bool::weighted(0.7), 0usize..5000), 1..3000)) {
+            let names: Vec<String> = (0..5000).map(|i| format!("k{i}")).collect();
+            run(&names, &ops);
+        }
+
+        #[test]
+        fn small_directories_shrink_and_grow_canonically(ops in prop::collection::vec((prop::bool::weighted(0.5), 0usize..40), 1..400)) {
+            let names: Vec<String> = (0..40).map(|i| format!("x{i}")).collect();
+            run(&names, &ops);
+        }
+
+        #[test]
+        fn forced_cuts_stay_canonical(ops in prop::collection::vec((prop::bool::weighted(0.7), 0usize..1200), 1..2500)) {
+            // Names that never end a leaf naturally: every leaf is cut by the item limit.
+            let names: Vec<String> = (0..)
+                .map(|i| format!("n{i}"))
+                .filter(|n| !Name::new(n).is_boundary(0))
+                .take(1200)
+                .collect();
+            run(&names, &ops);
+        }
+    }
+
+    #[test]
+    fn a_large_directory_has_several_levels_and_shrinks_back() {
+        let (_dir, objects) = objects();
+        let mut root = Link::empty_dir();
+        for i in 0..20_000 {
+            put_path(&objects, &mut root, &[&format!("k{i:06}")], value(), 1).unwrap();
+        }
+        assert!(objects.resolve(&root).unwrap().node.level() >= 2);
+        check_canonical(&objects, &root).unwrap().unwrap();
+        for i in 0..20_000 {
+            remove_path(&objects, &mut root, &[&format!("k{i:06}")], false, 1).unwrap();
+        }
+        let mut batch = PackBatch::new();
+        assert_eq!(flush(&objects, &root, &mut batch), empty_dir_hash());
+    }
+}

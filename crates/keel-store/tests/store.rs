@@ -391,3 +391,22 @@ fn read_only_open_sees_a_consistent_state_while_locked() {
         Err(StoreError::ReadOnly)
     ));
 }
+
+#[test]
+fn removing_a_multi_level_boundary_keeps_reused_siblings() {
+    // "x2" ends a node at levels 0..=2 and "x3" at levels 0 and 2: deleting
+    // "x2" leaves "x3" in a subtree that the rebuild reuses whole, two levels up.
+    let dir = tempfile::tempdir().unwrap();
+    let store = new_store(dir.path());
+    put(&store, "d0/s/x3", b"");
+    put(&store, "d0/s/x2", b"a");
+    store.commit(&[Txn::delete("d0/s/x2")]).unwrap();
+    let keys: Vec<String> = store
+        .snapshot()
+        .list("", true)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.key)
+        .collect();
+    assert_eq!(keys, vec!["d0/s/x3"]);
+}

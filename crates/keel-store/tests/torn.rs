@@ -92,15 +92,20 @@ fn open_bounded(dir: PathBuf) -> Store {
         .expect("a torn tail must never stop the store from opening")
 }
 
-fn damage_tail(path: &Path, offset: u64, zero: bool) {
-    let len = std::fs::metadata(path).unwrap().len();
+/// Truncates or zeroes `path` from `offset`; returns the offset of the first
+/// byte that actually changed (zeroing bytes that were already zero is no damage).
+fn damage_tail(path: &Path, offset: u64, zero: bool) -> u64 {
+    let bytes = std::fs::read(path).unwrap();
     let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     if zero {
         use std::os::unix::fs::FileExt;
-        file.write_all_at(&vec![0u8; (len - offset) as usize], offset)
+        file.write_all_at(&vec![0u8; bytes.len() - offset as usize], offset)
             .unwrap();
+        let changed = bytes[offset as usize..].iter().position(|&b| b != 0);
+        changed.map_or(bytes.len() as u64, |i| offset + i as u64)
     } else {
         file.set_len(offset).unwrap();
+        offset
     }
 }
 
@@ -143,7 +148,7 @@ fn torn_tails_keep_every_earlier_commit() {
         let len = std::fs::metadata(&path).unwrap().len();
         let offset = rng.gen_range(0..=len);
         let zero = rng.gen_bool(0.5);
-        damage_tail(&path, offset, zero);
+        let offset = damage_tail(&path, offset, zero);
         let store = open_bounded(dir.clone());
         // The newest commit whose bytes all lie before the damage survives.
         let expected = if damage_checkpoints {
