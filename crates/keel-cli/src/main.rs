@@ -1,1 +1,77 @@
-fn main() {}
+//! `keel`: the one command-line entry point of Keel.
+//!
+//! Offline admin commands take `--data-dir DIR` and work on a stopped
+//! node's data. Every command prints human output by default and JSON with
+//! `--json`; exit codes are 0 (success), 1 (failed or found problems) and
+//! 2 (usage error or could not start).
+
+mod cmd;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use output::Output;
+
+#[derive(Parser, Debug)]
+#[command(name = "keel", version, about = "Keel: a replicated, self-healing state store", long_about = None)]
+struct Cli {
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new store in an empty (or missing) directory.
+    Init(cmd::init::InitArgs),
+    /// Read and write keys.
+    #[command(subcommand)]
+    Kv(cmd::kv::KvCommand),
+    /// List and create checkpoints.
+    #[command(subcommand)]
+    Checkpoint(cmd::checkpoint::CheckpointCommand),
+    /// Reclaim space held by unreachable blobs.
+    Gc(cmd::gc::GcArgs),
+    /// Measure performance on this machine.
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCommand),
+    /// Run a local demonstration.
+    Demo(cmd::demo::DemoArgs),
+    /// Tools for tests and investigations.
+    #[command(subcommand, hide = true)]
+    Debug(cmd::debug::DebugCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let out = Output { json: cli.json };
+    let result = match &cli.command {
+        Command::Init(args) => cmd::init::run(args, out),
+        Command::Kv(command) => cmd::kv::run(command, out),
+        Command::Checkpoint(command) => cmd::checkpoint::run(command, out),
+        Command::Gc(args) => cmd::gc::run(args, out),
+        Command::Demo(args) => cmd::demo::run(args, out),
+        Command::Bench(command) => cmd::bench::run(command, out),
+        Command::Debug(command) => cmd::debug::run(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => output::report_error(&error, cli.json),
+    }
+}
+
+/// Logs go to stderr; `KEEL_LOG` sets the filter (default: warnings).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

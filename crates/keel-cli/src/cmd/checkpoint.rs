@@ -1,0 +1,61 @@
+//! `keel checkpoint`: list and create checkpoints.
+
+use clap::{Args, Subcommand};
+
+use super::DataDirArg;
+use crate::output::{table, Output};
+
+#[derive(Subcommand, Debug)]
+pub enum CheckpointCommand {
+    /// List retained checkpoints, newest first.
+    List(ListArgs),
+    /// Record the current state as a new checkpoint.
+    Create(CreateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub target: DataDirArg,
+}
+
+#[derive(Args, Debug)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub target: DataDirArg,
+}
+
+pub fn run(command: &CheckpointCommand, out: Output) -> anyhow::Result<()> {
+    match command {
+        CheckpointCommand::List(args) => {
+            let store = args.target.open_read_only()?;
+            let mut checkpoints = store.checkpoints();
+            checkpoints.reverse();
+            out.emit(&checkpoints, || {
+                let rows: Vec<Vec<String>> = checkpoints
+                    .iter()
+                    .map(|c| {
+                        vec![
+                            c.sequence.to_string(),
+                            c.time(),
+                            c.revision.to_string(),
+                            c.root.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["SEQUENCE", "TIME", "REVISION", "ROOT"], &rows)
+            })
+        }
+        CheckpointCommand::Create(args) => {
+            let store = args.target.open()?;
+            let checkpoint = store.checkpoint()?;
+            store.close()?;
+            out.emit(&checkpoint, || {
+                format!(
+                    "checkpoint {} at revision {} (root {})",
+                    checkpoint.sequence, checkpoint.revision, checkpoint.root
+                )
+            })
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! `keel kv`: read and write keys.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use base64::Engine;
+use clap::{Args, Subcommand};
+use keel_store::{ItemKind, ListItem, Snapshot, Store, Txn, TxnOutcome};
+
+use super::DataDirArg;
+use crate::output::{table, CliError, Output};
+
+/// Values larger than this are not inlined into JSON output.
+const JSON_VALUE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+
+#[derive(Subcommand, Debug)]
+pub enum KvCommand {
+    /// Set a key's value (from the argument, a file, or stdin with `-`).
+    Put(PutArgs),
+    /// Print a key's value (raw bytes to stdout).
+    Get(GetArgs),
+    /// Delete a key, or with --prefix a whole directory.
+    Del(DelArgs),
+    /// List a directory.
+    Ls(LsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PutArgs {
+    #[command(flatten)]
+    pub target: DataDirArg,
+    /// Key: a `/`-separated path such as `apps/web/config`.
+    pub key: String,
+    /// The value; `-` reads it from stdin.
+    #[arg(required_unless_present = "file", conflicts_with = "file")]
+    pub value: Option<String>,
+    /// Read the value from this file (streamed; any size).
+    #[arg(long, value_name = "PATH")]
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub target: DataDirArg,
+    pub key: String,
+    /// Read from a retained checkpoint instead of the current state.
+    #[arg(long, value_name = "SEQ")]
+    pub checkpoint: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct DelArgs {
+    #[command(flatten)]
+    pub target: DataDirArg,
+    pub key: String,
+    /// Delete the key and everything below `KEY/`.
+    #[arg(long)]
+    pub prefix: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct LsArgs {
+    #[command(flatten)]
+    pub target: DataDirArg,
+    /// Directory to list (default: the root).
+    #[arg(default_value = "")]
+    pub prefix: String,
+    /// List every value below the directory, with full keys.
+    #[arg(long, short = 'r')]
+    pub recursive: bool,
+    /// Show kind, size and revision.
+    #[arg(long, short = 'l')]
+    pub long: bool,
+    /// List a retained checkpoint instead of the current state.
+    #[arg(long, value_name = "SEQ")]
+    pub checkpoint: Option<u64>,
+}
+
+pub fn run(command: &KvCommand, out: Output) -> anyhow::Result<()> {
+    match command {
+        KvCommand::Put(args) => put(args, out),
+        KvCommand::Get(args) => get(args, out),
+        KvCommand::Del(args) => del(args, out),
+        KvCommand::Ls(args) => ls(args, out),
+    }
+}
+
+#[derive(serde::Serialize)]
+struct WriteResult {
+    key: String,
+    revision: u64,
+    changed: bool,
+    deleted: u64,
+}
+
+/// Commits one transaction, checkpoints it, and turns its outcome into a result.
+fn commit_one(store: &Store, txn: Txn, key: &str) -> anyhow::Result<WriteResult> {
+    let outcome = store.commit(&[txn])?.remove(0);
+    store.checkpoint()?;
+    match outcome {
+        TxnOutcome::Applied {
+            revision,
+            changed,
+            deleted,
+        } => Ok(WriteResult {
+            key: key.to_string(),
+            revision,
+            changed,
+            deleted,
+        }),
+        TxnOutcome::Rejected { reason } => Err(CliError::failed(reason)),
+        TxnOutcome::CompareFailed {
+            key,
+            expected,
+            actual,
+        } => Err(CliError::failed(format!(
+            "{key}: expected revision {expected}, found {actual}"
+        ))),
+    }
+}
+
+fn put(args: &PutArgs, out: Output) -> anyhow::Result<()> {
+    let store = args.target.open()?;
+    let op = match (&args.value, &args.file) {
+        (Some(value), None) if value == "-" => {
+            let (value, _hold) = store.upload(&mut std::io::stdin().lock())?;
+            value.into_op(args.key.clone())
+        }
+        (Some(value), None) => keel_store::Op::Put {
+            key: args.key.clone(),
+            value: value.clone().into_bytes().into(),
+        },
+        (None, Some(path)) => {
+            let mut file = std::fs::File::open(path)
+                .map_err(|e| CliError::failed(format!("cannot read {}: {e}", path.display())))?;
+            let (value, _hold) = store.upload(&mut file)?;
+            value.into_op(args.key.clone())
+        }
+        _ => {
+            return Err(CliError::usage(
+                "give exactly one of VALUE, `-` (stdin) or --file PATH",
+            ))
+        }
+    };
+    let txn = Txn {
+        compare: Vec::new(),
+        ops: vec![op],
+    };
+    let result = commit_one(&store, txn, &args.key)?;
+    store.close()?;
+    out.emit(&result, || {
+        format!("{} set at revision {}", result.key, result.revision)
+    })
+}
+
+fn view(store: &Store, checkpoint: Option<u64>) -> anyhow::Result<Snapshot> {
+    Ok(match checkpoint {
+        Some(sequence) => store.at_checkpoint(sequence)?,
+        None => store.snapshot(),
+    })
+}
+
+fn not_found(key: &str, view: &Snapshot) -> anyhow::Error {
+    let place = match view.checkpoint() {
+        Some(sequence) => format!(" at checkpoint {sequence}"),
+        None => String::new(),
+    };
+    CliError::failed(format!("key not found: {key}{place}"))
+}
+
+fn get(args: &GetArgs, out: Output) -> anyhow::Result<()> {
+    let store = args.target.open_read_only()?;
+    let view = view(&store, args.checkpoint)?;
+    let entry = view
+        .get(&args.key)?
+        .ok_or_else(|| not_found(&args.key, &view))?;
+    if entry.value.is_dir() {
+        return Err(CliError::failed(format!(
+            "{} is a directory; list it with `keel kv ls {}`",
+            args.key, args.key
+        )));
+    }
+    if !out.json {
+        let mut stdout = std::io::stdout().lock();
+        view.write_to(&entry.value, &mut stdout)?;
+        stdout.flush()?;
+        return Ok(());
+    }
+    let size = entry.value.size().unwrap_or(0);
+    if size > JSON_VALUE_BYTES_MAX {
+        return Err(CliError::failed(format!(
+            "value of {size} bytes is too large for JSON output; read it without --json"
+        )));
+    }
+    let bytes = view.read(&entry.value)?;
+    let mut body = serde_json::json!({
+        "key": args.key,
+        "revision": entry.revision,
+        "size": size,
+    });
+    match std::str::from_utf8(&bytes) {
+        Ok(text) => body["value"] = text.into(),
+        Err(_) => {
+            body["value_base64"] = base64::engine::general_purpose::STANDARD
+                .encode(&bytes)
+                .into()
+        }
+    }
+    out.emit(&body, String::new)
+}
+
+fn del(args: &DelArgs, out: Output) -> anyhow::Result<()> {
+    let store = args.target.open()?;
+    let txn = if args.prefix {
+        Txn::delete_prefix(args.key.clone())
+    } else {
+        Txn::delete(args.key.clone())
+    };
+    let result = match commit_one(&store, txn, &args.key) {
+        Err(error)
+            if !args.prefix
+                && store
+                    .get(&args.key)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|e| e.value.is_dir()) =>
+        {
+            return Err(CliError::failed(format!(
+                "{error}; delete a directory with `keel kv del --prefix {}`",
+                args.key
+            )))
+        }
+        other => other?,
+    };
+    store.close()?;
+    if !result.changed {
+        let what = if args.prefix {
+            "nothing found under"
+        } else {
+            "key not found:"
+        };
+        return Err(CliError::failed(format!("{what} {}", args.key)));
+    }
+    out.emit(&result, || {
+        format!(
+            "deleted {} key(s) at revision {}",
+            result.deleted, result.revision
+        )
+    })
+}
+
+fn ls(args: &LsArgs, out: Output) -> anyhow::Result<()> {
+    let store = args.target.open_read_only()?;
+    let view = view(&store, args.checkpoint)?;
+    let items: Vec<ListItem> = if view.is_dir(&args.prefix)? {
+        view.list(&args.prefix, args.recursive)?
+    } else {
+        // A value lists as itself, like `ls FILE`.
+        match view.get(&args.prefix)? {
+            Some(entry) => vec![ListItem {
+                key: args.prefix.trim_start_matches('/').to_string(),
+                kind: ItemKind::Value,
+                size: entry.value.size().unwrap_or(0),
+                revision: entry.revision,
+            }],
+            None => {
+                return Err(CliError::failed(format!(
+                    "no such key or directory: {}",
+                    args.prefix
+                )))
+            }
+        }
+    };
+    out.emit(&items, || {
+        if args.long {
+            let rows: Vec<Vec<String>> = items
+                .iter()
+                .map(|i| {
+                    let (kind, size) = match i.kind {
+                        ItemKind::Dir => ("dir", format!("{} entries", i.size)),
+                        ItemKind::Value => ("value", format!("{} bytes", i.size)),
+                    };
+                    vec![
+                        display_key(i),
+                        kind.to_string(),
+                        size,
+                        i.revision.to_string(),
+                    ]
+                })
+                .collect();
+            table(&["KEY", "KIND", "SIZE", "REVISION"], &rows)
+        } else {
+            items.iter().map(display_key).collect::<Vec<_>>().join("\n")
+        }
+    })
+}
+
+fn display_key(item: &ListItem) -> String {
+    match item.kind {
+        ItemKind::Dir => format!("{}/", item.key),
+        ItemKind::Value => item.key.clone(),
+    }
+}

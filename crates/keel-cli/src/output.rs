@@ -1,0 +1,125 @@
+//! Human and JSON output, and how errors become exit codes.
+//!
+//! Every command prints human-readable text by default and one JSON document
+//! with `--json`. Errors go to stderr (as `{"error": ...}` with `--json`).
+//! Exit codes: 0 success; 1 the operation failed or found problems; 2 usage
+//! error or the command could not start.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use keel_store::StoreError;
+
+/// The operation failed, or a check found problems.
+pub const EXIT_FAILED: u8 = 1;
+/// Usage error, or the command could not start.
+pub const EXIT_CANNOT_START: u8 = 2;
+
+/// A failure with an explicit exit code and message.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CliError {
+    /// The operation ran and failed (exit 1).
+    pub fn failed(message: impl Into<String>) -> anyhow::Error {
+        CliError {
+            code: EXIT_FAILED,
+            message: message.into(),
+        }
+        .into()
+    }
+
+    /// Bad arguments or nothing to run against (exit 2).
+    pub fn usage(message: impl Into<String>) -> anyhow::Error {
+        CliError {
+            code: EXIT_CANNOT_START,
+            message: message.into(),
+        }
+        .into()
+    }
+}
+
+/// The exit code an error maps to.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if let Some(cli) = error.downcast_ref::<CliError>() {
+        return cli.code;
+    }
+    match error.downcast_ref::<StoreError>() {
+        Some(
+            StoreError::NoDataDir { .. }
+            | StoreError::NotInitialised { .. }
+            | StoreError::NotAStore { .. }
+            | StoreError::AlreadyInitialised { .. }
+            | StoreError::UnsupportedFormat { .. }
+            | StoreError::Locked { .. },
+        ) => EXIT_CANNOT_START,
+        _ => EXIT_FAILED,
+    }
+}
+
+/// Prints an error the way the command's output mode asks for.
+pub fn report_error(error: &anyhow::Error, json: bool) -> ExitCode {
+    let code = exit_code(error);
+    let message = format!("{error:#}");
+    if json {
+        let body = serde_json::json!({ "error": { "message": message, "exit_code": code } });
+        let _ = writeln!(std::io::stderr(), "{body}");
+    } else {
+        let _ = writeln!(std::io::stderr(), "keel: error: {message}");
+    }
+    ExitCode::from(code)
+}
+
+/// Where a command's results go.
+#[derive(Clone, Copy, Debug)]
+pub struct Output {
+    pub json: bool,
+}
+
+impl Output {
+    /// Prints `value` as JSON in JSON mode, or `human()` otherwise.
+    pub fn emit<T: serde::Serialize>(
+        &self,
+        value: &T,
+        human: impl FnOnce() -> String,
+    ) -> anyhow::Result<()> {
+        let mut stdout = std::io::stdout().lock();
+        if self.json {
+            serde_json::to_writer_pretty(&mut stdout, value)?;
+            writeln!(stdout)?;
+        } else {
+            let text = human();
+            if !text.is_empty() {
+                writeln!(stdout, "{}", text.trim_end_matches('\n'))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Formats rows as left-aligned columns separated by two spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.len());
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = String>| -> String {
+        let padded: Vec<String> = cells
+            .enumerate()
+            .map(|(i, c)| format!("{c:<width$}", width = widths[i]))
+            .collect();
+        padded.join("  ").trim_end().to_string()
+    };
+    let mut out = line(&mut header.iter().map(|h| h.to_string()));
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(&mut row.iter().cloned()));
+    }
+    out
+}

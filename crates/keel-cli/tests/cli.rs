@@ -1,0 +1,153 @@
+//! The `keel` command: outputs, exit codes and refusals.
+
+use std::process::{Command, Output};
+
+fn keel(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn code(output: &Output) -> i32 {
+    output.status.code().unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn store_commands_and_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    let d = data.to_str().unwrap();
+    assert_eq!(
+        code(&keel(&["kv", "get", "--data-dir", d, "k"])),
+        2,
+        "missing data dir"
+    );
+    assert_eq!(code(&keel(&["init", "--data-dir", d])), 0);
+    assert_eq!(
+        code(&keel(&["init", "--data-dir", d])),
+        2,
+        "already initialised"
+    );
+    assert_eq!(
+        code(&keel(&[
+            "kv",
+            "put",
+            "--data-dir",
+            d,
+            "apps/web/cfg",
+            "port=80"
+        ])),
+        0
+    );
+
+    let got = keel(&["kv", "get", "--data-dir", d, "apps/web/cfg"]);
+    assert_eq!(got.stdout, b"port=80", "raw value, nothing added");
+    let missing = keel(&["kv", "get", "--data-dir", d, "apps/none"]);
+    assert_eq!(code(&missing), 1);
+    assert!(stderr(&missing).contains("key not found: apps/none"));
+
+    let json = keel(&["--json", "kv", "get", "--data-dir", d, "apps/web/cfg"]);
+    let value: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(value["value"], "port=80");
+    assert_eq!(value["revision"], 1);
+
+    let ls = keel(&["--json", "kv", "ls", "--data-dir", d, "-r"]);
+    let items: serde_json::Value = serde_json::from_slice(&ls.stdout).unwrap();
+    assert_eq!(items[0]["key"], "apps/web/cfg");
+
+    let list = keel(&["--json", "checkpoint", "list", "--data-dir", d]);
+    let checkpoints: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let newest = checkpoints[0]["sequence"].as_u64().unwrap();
+    let oldest = checkpoints.as_array().unwrap().last().unwrap()["sequence"]
+        .as_u64()
+        .unwrap();
+    assert!(newest > oldest, "newest first");
+    let old = keel(&[
+        "kv",
+        "get",
+        "--data-dir",
+        d,
+        "apps/web/cfg",
+        "--checkpoint",
+        &oldest.to_string(),
+    ]);
+    assert_eq!(
+        code(&old),
+        1,
+        "the key did not exist at the first checkpoint"
+    );
+
+    let del_dir = keel(&["kv", "del", "--data-dir", d, "apps"]);
+    assert_eq!(code(&del_dir), 1);
+    assert!(
+        stderr(&del_dir).contains("--prefix"),
+        "{}",
+        stderr(&del_dir)
+    );
+    assert_eq!(
+        code(&keel(&["kv", "del", "--data-dir", d, "apps", "--prefix"])),
+        0
+    );
+    assert_eq!(
+        code(&keel(&["kv", "del", "--data-dir", d, "apps", "--prefix"])),
+        1
+    );
+
+    let bad = keel(&["kv", "put", "--data-dir", d, "a//b", "x"]);
+    assert_eq!(code(&bad), 1);
+    assert!(stderr(&bad).contains("invalid key"));
+    assert_eq!(
+        code(&keel(&["kv", "put", "--data-dir", d])),
+        2,
+        "usage error"
+    );
+}
+
+#[test]
+fn a_second_writer_is_refused_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    assert_eq!(code(&keel(&["init", "--data-dir", d])), 0);
+    let held = keel_store::Store::open(dir.path(), keel_store::StoreOptions::default()).unwrap();
+    let refused = keel(&["kv", "put", "--data-dir", d, "k", "v"]);
+    assert_eq!(code(&refused), 2);
+    assert!(
+        stderr(&refused).contains("in use by another process"),
+        "{}",
+        stderr(&refused)
+    );
+    // Reads work while the store is held: they open a consistent read-only view.
+    assert_eq!(code(&keel(&["kv", "ls", "--data-dir", d])), 0);
+    drop(held);
+    assert_eq!(code(&keel(&["kv", "put", "--data-dir", d, "k", "v"])), 0);
+}
+
+#[test]
+fn foreign_and_empty_directories_are_never_touched() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+    let d = dir.path().to_str().unwrap();
+    let refused = keel(&["init", "--data-dir", d]);
+    assert_eq!(code(&refused), 2);
+    assert!(stderr(&refused).contains("not a Keel store"));
+    assert_eq!(code(&keel(&["kv", "put", "--data-dir", d, "k", "v"])), 2);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("notes.txt")]);
+
+    let empty = tempfile::tempdir().unwrap();
+    let refused = keel(&["kv", "ls", "--data-dir", empty.path().to_str().unwrap()]);
+    assert_eq!(code(&refused), 2);
+    assert!(
+        stderr(&refused).contains("not initialised"),
+        "{}",
+        stderr(&refused)
+    );
+}
