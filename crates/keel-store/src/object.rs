@@ -81,32 +81,66 @@ const _: () = assert!(ITEMS_MAX * (2 + 255 + 8 + HASH_BYTES) + 16 <= BLOB_BYTES_
 const _: () = assert!(CHUNK_LIST_ENTRIES_MAX * (HASH_BYTES + 8) + 16 <= BLOB_BYTES_MAX);
 
 /// A directory entry name (one path segment), with its boundary hash bits
-/// computed once.
+/// computed once and its first bytes kept inline, so that most comparisons
+/// in a lookup touch no other memory.
 #[derive(Clone)]
-pub struct Name(Arc<NameInner>);
+pub struct Name {
+    /// The first 16 bytes, zero-padded, big-endian: ordered like the text
+    /// because names never contain NUL.
+    prefix: u128,
+    bits: u64,
+    text: Arc<str>,
+}
 
-struct NameInner {
-    bits: OnceLock<u64>,
-    text: Box<str>,
+const PREFIX_BYTES: usize = 16;
+
+fn prefix_of(text: &str) -> u128 {
+    let mut raw = [0u8; PREFIX_BYTES];
+    let n = text.len().min(PREFIX_BYTES);
+    raw[..n].copy_from_slice(&text.as_bytes()[..n]);
+    u128::from_be_bytes(raw)
+}
+
+/// A name being looked up, prepared once for many comparisons.
+pub struct NameKey<'a> {
+    prefix: u128,
+    text: &'a str,
+}
+
+impl<'a> NameKey<'a> {
+    pub fn new(text: &'a str) -> NameKey<'a> {
+        NameKey {
+            prefix: prefix_of(text),
+            text,
+        }
+    }
 }
 
 impl Name {
     pub fn new(text: &str) -> Name {
-        Name(Arc::new(NameInner {
-            bits: OnceLock::new(),
-            text: text.into(),
-        }))
+        let hash = blake3::hash(text.as_bytes());
+        Name {
+            prefix: prefix_of(text),
+            bits: u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes")),
+            text: Arc::from(text),
+        }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.0.text
+        &self.text
     }
 
-    fn bits(&self) -> u64 {
-        *self.0.bits.get_or_init(|| {
-            let hash = blake3::hash(self.0.text.as_bytes());
-            u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes"))
-        })
+    /// Orders this name against a prepared key.
+    pub fn cmp_key(&self, key: &NameKey<'_>) -> Ordering {
+        match self.prefix.cmp(&key.prefix) {
+            // Equal prefixes decide it when either name fits in the prefix:
+            // without NUL bytes, the shorter one would show a zero there.
+            Ordering::Equal if self.text.len() > PREFIX_BYTES && key.text.len() > PREFIX_BYTES => {
+                self.text[PREFIX_BYTES..].cmp(&key.text[PREFIX_BYTES..])
+            }
+            Ordering::Equal => self.text.len().cmp(&key.text.len()),
+            other => other,
+        }
     }
 
     /// Whether a node at `level` naturally ends after the item named `self`.
@@ -114,7 +148,7 @@ impl Name {
         if level >= LEVELS_WITH_BITS {
             return true;
         }
-        let window = self.bits() >> (u32::from(level) * BOUNDARY_BITS);
+        let window = self.bits >> (u32::from(level) * BOUNDARY_BITS);
         window & (ITEMS_TARGET as u64 - 1) == 0
     }
 }
@@ -122,7 +156,7 @@ impl Name {
 impl std::ops::Deref for Name {
     type Target = str;
     fn deref(&self) -> &str {
-        &self.0.text
+        &self.text
     }
 }
 
@@ -134,7 +168,7 @@ impl From<&str> for Name {
 
 impl PartialEq for Name {
     fn eq(&self, other: &Name) -> bool {
-        self.as_str() == other.as_str()
+        self.prefix == other.prefix && self.text == other.text
     }
 }
 impl Eq for Name {}
@@ -145,7 +179,10 @@ impl PartialOrd for Name {
 }
 impl Ord for Name {
     fn cmp(&self, other: &Name) -> Ordering {
-        self.as_str().cmp(other.as_str())
+        self.cmp_key(&NameKey {
+            prefix: other.prefix,
+            text: &other.text,
+        })
     }
 }
 impl std::fmt::Debug for Name {
@@ -674,6 +711,35 @@ mod tests {
                 damaged[i] ^= 1 << bit;
                 let _ = decode_node(&damaged);
                 let _ = decode_chunk_list(&damaged);
+            }
+        }
+    }
+
+    #[test]
+    fn name_order_matches_text_order() {
+        let texts = [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "b",
+            "k000000001",
+            "k000000010",
+            "exactly-sixteen!",
+            "exactly-sixteen!a",
+            "exactly-sixteen",
+            "a-very-long-name-beyond-the-prefix-1",
+            "a-very-long-name-beyond-the-prefix-2",
+            "a-very-long-name-beyond",
+            "\u{e9}t\u{e9}",
+            "z",
+        ];
+        for a in texts.iter().filter(|t| !t.is_empty()) {
+            for b in texts.iter().filter(|t| !t.is_empty()) {
+                let (na, nb) = (Name::new(a), Name::new(b));
+                assert_eq!(na.cmp(&nb), a.cmp(b), "{a:?} vs {b:?}");
+                assert_eq!(na.cmp_key(&NameKey::new(b)), a.cmp(b), "{a:?} vs key {b:?}");
+                assert_eq!(na == nb, a == b);
             }
         }
     }

@@ -33,6 +33,9 @@ pub const KIND_BLOB: u8 = 1;
 pub const KIND_COMMIT: u8 = 2;
 /// Record kind of a hint file's single record.
 const KIND_HINT: u8 = 3;
+/// "This segment was durable through offset X when this record was written."
+/// Damage before X that is followed by such a record cannot be a torn write.
+pub const KIND_SYNCED: u8 = 4;
 const COMMIT_VERSION: u8 = 1;
 const HINT_VERSION: u8 = 1;
 /// Segments roll once they reach this size.
@@ -124,9 +127,19 @@ pub struct ActiveScan {
     pub torn_tail: Option<u64>,
     /// Commit records of the active segment with their offsets, in order.
     pub commits: Vec<(u64, CommitRecord)>,
+    /// Sync marks: (offset of the mark, offset the segment was durable through).
+    pub synced_marks: Vec<(u64, u64)>,
 }
 
 impl ActiveScan {
+    /// Whether a later mark proves the bytes at `offset` had been fsynced:
+    /// damage there is decay of acknowledged data, not a torn write.
+    pub fn was_durable(&self, offset: u64) -> bool {
+        self.synced_marks
+            .iter()
+            .any(|&(at, through)| at > offset && through > offset)
+    }
+
     pub fn first_damage(&self) -> Option<u64> {
         let gap = self.gaps.first().map(|g| g.start);
         match (gap, self.torn_tail) {
@@ -156,6 +169,10 @@ struct WriterState {
     /// Newest commit record written or recovered; carried into each new segment.
     last_commit: Option<CommitRecord>,
     last_commit_in_active: Option<CommitRecord>,
+    /// Length of the active segment known to be durable.
+    synced_len: u64,
+    /// The durable length last stated by a sync mark.
+    marked_len: u64,
 }
 
 /// A set of blobs (and optionally a commit record) to append together.
@@ -288,6 +305,7 @@ impl Pack {
             gaps: scanned.gaps,
             torn_tail: scanned.torn_tail,
             commits: scanned.commits,
+            synced_marks: scanned.marks,
         };
         recovery.blobs = index.len();
         Ok(recovery)
@@ -314,7 +332,7 @@ impl Pack {
         let mut bytes = Vec::new();
         frame::encode(KIND_COMMIT, &commit.encode(), &mut bytes);
         self.log.append(&bytes)?;
-        self.log.sync()?;
+        self.sync_locked(&mut writer)?;
         writer.last_commit_in_active = Some(commit);
         Ok(())
     }
@@ -324,6 +342,7 @@ impl Pack {
         let scan = frame::scan(&buf);
         let mut entries = Vec::new();
         let mut commits = Vec::new();
+        let mut marks = Vec::new();
         for record in &scan.records {
             let payload = &buf[record.payload.clone()];
             match record.kind {
@@ -344,6 +363,12 @@ impl Pack {
                         commits.push((record.offset, commit));
                     }
                 }
+                KIND_SYNCED if payload.len() == 8 => {
+                    marks.push((
+                        record.offset,
+                        u64::from_le_bytes(payload.try_into().expect("8 bytes")),
+                    ));
+                }
                 KIND_PADDING => {}
                 other => tracing::warn!(
                     segment = id,
@@ -357,6 +382,7 @@ impl Pack {
             file_len: buf.len() as u64,
             entries,
             commits,
+            marks,
             gaps: scan.gaps,
             torn_tail: scan.torn_tail,
         })
@@ -489,11 +515,12 @@ impl Pack {
         }
         if batch.is_empty() {
             if sync {
-                self.log.sync()?;
+                self.sync_locked(&mut writer)?;
             }
             return Ok(());
         }
         self.roll_if_full(&mut writer, batch.buffer.len() as u64)?;
+        self.mark_synced(&mut writer)?;
         let (segment, start) = self.log.append(&batch.buffer)?;
         {
             let mut index = self.index.write();
@@ -512,8 +539,28 @@ impl Pack {
             writer.last_commit_in_active = Some(commit);
         }
         if sync {
-            self.log.sync()?;
+            self.sync_locked(&mut writer)?;
         }
+        Ok(())
+    }
+
+    /// States, before new records, how far the segment is durable (only
+    /// when that advanced since the last statement).
+    fn mark_synced(&self, writer: &mut WriterState) -> Result<()> {
+        if writer.synced_len <= writer.marked_len {
+            return Ok(());
+        }
+        let mut mark = Vec::with_capacity(frame::RECORD_HEADER_BYTES + 8);
+        frame::encode(KIND_SYNCED, &writer.synced_len.to_le_bytes(), &mut mark);
+        self.log.append(&mark)?;
+        writer.marked_len = writer.synced_len;
+        Ok(())
+    }
+
+    fn sync_locked(&self, writer: &mut WriterState) -> Result<()> {
+        let len = self.log.active_len();
+        self.log.sync()?;
+        writer.synced_len = len;
         Ok(())
     }
 
@@ -530,7 +577,8 @@ impl Pack {
 
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> Result<()> {
-        self.log.sync()
+        let mut writer = self.writer.lock();
+        self.sync_locked(&mut writer)
     }
 
     fn roll_if_full(&self, writer: &mut WriterState, incoming: u64) -> Result<()> {
@@ -553,11 +601,13 @@ impl Pack {
             last_commit: writer.last_commit_in_active.take(),
         };
         self.write_hint(sealed, &summary)?;
+        writer.synced_len = 0;
+        writer.marked_len = 0;
         if let Some(commit) = writer.last_commit.clone() {
             let mut carry = Vec::new();
             frame::encode(KIND_COMMIT, &commit.encode(), &mut carry);
             self.log.append(&carry)?;
-            self.log.sync()?;
+            self.sync_locked(writer)?;
             writer.last_commit_in_active = Some(commit);
         }
         Ok(())
@@ -591,6 +641,8 @@ impl Pack {
             }
         }
         self.log.truncate_to(segment, offset)?;
+        writer.synced_len = writer.synced_len.min(offset);
+        writer.marked_len = writer.marked_len.min(offset);
         let mut index = self.index.write();
         writer.active_entries.retain(|(hash, location)| {
             let keep = location.offset < offset;
@@ -603,10 +655,19 @@ impl Pack {
     }
 
     /// Overwrites damaged ranges of the active segment with padding records
-    /// so it parses cleanly again (used when the records after them are kept).
-    pub fn pad_gaps(&self, gaps: &[Range<u64>]) -> Result<()> {
+    /// so it parses cleanly again (used when the records after them are
+    /// kept). The damaged bytes are first copied to `quarantine_dir`.
+    pub fn pad_gaps(&self, gaps: &[Range<u64>], quarantine_dir: &Path) -> Result<()> {
         let segment = self.log.active_id().ok_or(StoreError::ReadOnly)?;
         for gap in gaps {
+            if let Some(bytes) =
+                self.log
+                    .read_at(segment, gap.start, (gap.end - gap.start) as usize)?
+            {
+                crate::fsutil::create_dir_durable(quarantine_dir)?;
+                let name = format!("pack-{segment:08}-gap-{}-{}.bin", gap.start, gap.end);
+                write_atomic(&self.staging, &quarantine_dir.join(name), &bytes)?;
+            }
             let padding = frame::padding((gap.end - gap.start) as usize);
             self.log.overwrite(segment, gap.start, &padding)?;
         }
@@ -677,8 +738,9 @@ impl Pack {
             let mut writer = self.writer.lock();
             if !batch.is_empty() {
                 self.roll_if_full(&mut writer, batch.buffer.len() as u64)?;
+                self.mark_synced(&mut writer)?;
                 let (target, start) = self.log.append(&batch.buffer)?;
-                self.log.sync()?;
+                self.sync_locked(&mut writer)?;
                 let mut index = self.index.write();
                 for (hash, offset_in_batch, len) in &batch.blobs {
                     let location = Location {
@@ -720,6 +782,7 @@ struct ScannedSegment {
     file_len: u64,
     entries: Vec<(Hash, Location)>,
     commits: Vec<(u64, CommitRecord)>,
+    marks: Vec<(u64, u64)>,
     gaps: Vec<Range<u64>>,
     torn_tail: Option<u64>,
 }

@@ -86,6 +86,9 @@ pub struct RecoveryReport {
     pub quarantined: Option<PathBuf>,
     /// Damaged ranges in the middle of the pack whose later records were kept.
     pub padded_gaps: usize,
+    /// Damaged ranges of data that had been durable (decay, not a crash):
+    /// their blobs are missing until repaired by fsck or from a peer.
+    pub decayed_ranges: usize,
     /// Damaged ranges in sealed segments (their blobs are unreadable).
     pub sealed_damage: usize,
     pub hints_rebuilt: usize,
@@ -101,6 +104,7 @@ impl RecoveryReport {
     pub fn found_damage(&self) -> bool {
         self.quarantined.is_some()
             || self.padded_gaps > 0
+            || self.decayed_ranges > 0
             || self.sealed_damage > 0
             || !self.checkpoints_missing_root.is_empty()
             || self.checkpoint_history_damage.is_some()
@@ -590,15 +594,28 @@ impl Store {
     }
 
     /// Makes `root` the current state as a new revision (above every revision
-    /// ever used), durably, and checkpoints it. Used by rollback, restore and
-    /// repair; every blob reachable from `root` must be present.
+    /// ever used), durably, and checkpoints it. Used by rollback and restore;
+    /// every blob reachable from `root` must be present.
     pub fn reset_to_root(&self, root: Hash, meta: Option<Vec<u8>>) -> Result<Checkpoint> {
+        self.install_root(Link::Stored(root), meta)
+    }
+
+    /// Makes a tree (possibly built in memory, e.g. by a repair) the current
+    /// state as a new revision above every revision ever used, and
+    /// checkpoints it. Nothing changes for readers or on the next open until
+    /// the commit record is durable: a failure before that leaves only
+    /// unreferenced blobs. The tree must be complete (verified here).
+    pub fn install_root(&self, root: Link, meta: Option<Vec<u8>>) -> Result<Checkpoint> {
         self.check_writable()?;
         let objects = &self.inner.objects;
+        let _hold = self.hold_gc();
+        let mut batch = PackBatch::new();
+        let hash = tree::flush(objects, &root, &mut batch);
+        objects.pack.write(batch, None, false)?;
         let mut live = HashSet::new();
         tree::mark(
             objects,
-            &Link::Stored(root),
+            &Link::Stored(hash),
             &mut live,
             OnDamage::Fail,
             true,
@@ -608,7 +625,7 @@ impl Store {
             .max_revision
             .max(self.inner.checkpoints.lock().max_revision())
             + 1;
-        writer.root = Link::Stored(root);
+        writer.root = Link::Stored(hash);
         writer.revision = revision;
         writer.max_revision = revision;
         writer.dirty = true;
@@ -810,8 +827,12 @@ fn count_values(objects: &Objects, dir: &Link) -> Result<u64> {
 ///
 /// - a torn tail (nothing valid after it) is cut off: it can only hold
 ///   unacknowledged work;
-/// - damage followed by valid records: if the newest commit after it has a
-///   complete tree, that commit is kept and the damaged range is padded
+/// - damage that a later sync mark proves was durable is decay of
+///   acknowledged data, not a crash: everything around it is kept, the
+///   damaged bytes are copied to `quarantine/` and padded over, and the
+///   blobs they held show up as missing (for fsck and scrub to repair);
+/// - other damage followed by valid records: if the newest commit after it
+///   has a complete tree, the damage hit nothing it needs and is padded
 ///   over; otherwise everything from the damage on is quarantined (copied
 ///   aside, never deleted) and cut, and the head is the newest commit before it.
 fn recover_head(
@@ -823,24 +844,31 @@ fn recover_head(
 ) -> Result<Option<CommitRecord>> {
     let active = &recovery.active;
     let pack = &objects.pack;
-    let newest_before = |offset: u64| -> Option<CommitRecord> {
-        active
-            .commits
-            .iter()
-            .rev()
-            .find(|(at, _)| *at < offset)
-            .map(|(_, c)| c.clone())
+    let quarantine = dir.quarantine();
+    let (durable_gaps, suspect_gaps): (Vec<_>, Vec<_>) = active
+        .gaps
+        .iter()
+        .cloned()
+        .partition(|g| active.was_durable(g.start));
+    report.decayed_ranges = durable_gaps.len();
+    let first_suspect = match (suspect_gaps.first().map(|g| g.start), active.torn_tail) {
+        (Some(g), Some(t)) => Some(g.min(t)),
+        (g, t) => g.or(t),
     };
-    let Some(first_damage) = active.first_damage() else {
-        let head = active.commits.last().map(|(_, c)| c.clone());
-        let in_active = head.is_some();
-        let head = head.or_else(|| recovery.sealed_last_commit.clone());
+    let newest = active.commits.last().map(|(_, c)| c.clone());
+    let Some(first_suspect) = first_suspect else {
+        if !read_only && !durable_gaps.is_empty() {
+            pack.pad_gaps(&durable_gaps, &quarantine)?;
+            report.quarantined = Some(quarantine);
+        }
+        let in_active = newest.is_some();
+        let head = newest.or_else(|| recovery.sealed_last_commit.clone());
         pack.set_recovered_head(head.clone(), in_active);
         return Ok(head);
     };
-    let newest = active.commits.last().filter(|(at, _)| *at > first_damage);
-    let salvage = match newest {
-        Some((_, commit)) if !active.gaps.is_empty() => {
+    let newest_after = active.commits.last().filter(|(at, _)| *at > first_suspect);
+    let salvage = match newest_after {
+        Some((_, commit)) if !suspect_gaps.is_empty() => {
             let mut live = HashSet::new();
             tree::mark(
                 objects,
@@ -854,28 +882,40 @@ fn recover_head(
         _ => false,
     };
     if salvage {
-        let (_, commit) = newest.expect("salvage needs a commit");
         if !read_only {
-            pack.pad_gaps(&active.gaps)?;
+            pack.pad_gaps(&active.gaps, &quarantine)?;
+            report.quarantined = Some(quarantine);
             if let Some(tail) = active.torn_tail {
                 report.truncated_bytes = active.file_len - tail;
                 pack.truncate_active(tail, None)?;
             }
         }
         report.padded_gaps = active.gaps.len();
-        pack.set_recovered_head(Some(commit.clone()), true);
-        return Ok(Some(commit.clone()));
+        pack.set_recovered_head(newest.clone(), true);
+        return Ok(newest);
     }
-    let head_in_active = newest_before(first_damage);
+    let head_in_active = active
+        .commits
+        .iter()
+        .rev()
+        .find(|(at, _)| *at < first_suspect)
+        .map(|(_, c)| c.clone());
     let in_active = head_in_active.is_some();
     let head = head_in_active.or_else(|| recovery.sealed_last_commit.clone());
     if !read_only {
+        let before: Vec<_> = durable_gaps
+            .iter()
+            .filter(|g| g.end <= first_suspect)
+            .cloned()
+            .collect();
+        if !before.is_empty() {
+            pack.pad_gaps(&before, &quarantine)?;
+        }
         // Valid records after the damage may matter to someone: keep a copy.
-        let keep_copy = !active.gaps.is_empty();
-        let quarantine = dir.quarantine();
-        report.truncated_bytes = active.file_len - first_damage;
-        pack.truncate_active(first_damage, keep_copy.then_some(quarantine.as_path()))?;
-        if keep_copy {
+        let keep_copy = !suspect_gaps.is_empty();
+        report.truncated_bytes = active.file_len - first_suspect;
+        pack.truncate_active(first_suspect, keep_copy.then_some(quarantine.as_path()))?;
+        if keep_copy || !before.is_empty() {
             report.quarantined = Some(quarantine);
         }
     }

@@ -18,8 +18,8 @@ use crate::error::{Result, StoreError};
 use crate::hash::Hash;
 use crate::object::{
     decode_chunk_list, decode_node, encode_chunk_list, encode_node, Branch, Child, ChunkList,
-    Entry, EntryValue, Leaf, Link, Name, Node, NodeCell, CHUNK_BYTES_AVERAGE, CHUNK_BYTES_MAX,
-    CHUNK_BYTES_MIN, CHUNK_LIST_ENTRIES_MAX, INLINE_VALUE_BYTES_MAX, ITEMS_MAX,
+    Entry, EntryValue, Leaf, Link, Name, NameKey, Node, NodeCell, CHUNK_BYTES_AVERAGE,
+    CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, CHUNK_LIST_ENTRIES_MAX, INLINE_VALUE_BYTES_MAX, ITEMS_MAX,
 };
 use crate::pack::{HashMapByHash, Pack, PackBatch};
 
@@ -143,23 +143,28 @@ pub fn dir_count(objects: &Objects, root: &Link) -> Result<u64> {
 
 /// Index of the child whose range holds `name`, if any does.
 fn child_for(children: &[Child], name: &str) -> Option<usize> {
-    let i = children.partition_point(|c| c.last.as_str() < name);
+    child_for_key(children, &NameKey::new(name))
+}
+
+fn child_for_key(children: &[Child], key: &NameKey<'_>) -> Option<usize> {
+    let i = children.partition_point(|c| c.last.cmp_key(key) == std::cmp::Ordering::Less);
     (i < children.len()).then_some(i)
 }
 
 /// The entry `name` of the directory rooted at `root`.
 pub fn dir_get(objects: &Objects, root: &Link, name: &str) -> Result<Option<Entry>> {
+    let key = NameKey::new(name);
     let mut cell = objects.resolve(root)?;
     loop {
         let next = match &cell.node {
             Node::Leaf(leaf) => {
                 return Ok(leaf
                     .entries
-                    .binary_search_by(|e| e.name.as_str().cmp(name))
+                    .binary_search_by(|e| e.name.cmp_key(&key))
                     .ok()
                     .map(|i| leaf.entries[i].clone()))
             }
-            Node::Branch(branch) => match child_for(&branch.children, name) {
+            Node::Branch(branch) => match child_for_key(&branch.children, &key) {
                 Some(i) => objects.resolve(&branch.children[i].link)?,
                 None => return Ok(None),
             },
@@ -1054,16 +1059,26 @@ pub fn write_value_to(
 /// A map from hash to anything, hashed cheaply (hashes are already uniform).
 pub type ByHash<V> = HashMapByHash<V>;
 
-/// Checks that the directory rooted at `root` is exactly the canonical tree
-/// of its entries: every node in bounds, sorted, with correct counts and last
-/// names, cut exactly where the rules say. Returns the first violation.
-pub fn check_canonical(objects: &Objects, root: &Link) -> Result<std::result::Result<(), String>> {
-    let entries = dir_entries(objects, root)?;
+/// Builds the canonical directory holding `entries`, which must be sorted by
+/// name with no name twice (used to rebuild directories during repair and
+/// restore). The result is in memory until flushed.
+pub fn build_dir(objects: &Objects, entries: Vec<Entry>) -> Result<Link> {
+    assert!(
+        entries.windows(2).all(|w| w[0].name < w[1].name),
+        "build_dir needs entries sorted by name, each name once"
+    );
     let mut builder = Builder::default();
     for entry in entries {
         builder.push_entry(entry);
     }
-    let expected = builder.finish(objects)?;
+    builder.finish(objects)
+}
+
+/// Checks that the directory rooted at `root` is exactly the canonical tree
+/// of its entries: every node in bounds, sorted, with correct counts and last
+/// names, cut exactly where the rules say. Returns the first violation.
+pub fn check_canonical(objects: &Objects, root: &Link) -> Result<std::result::Result<(), String>> {
+    let expected = build_dir(objects, dir_entries(objects, root)?)?;
     let expected_hash = hash_detached(&expected);
     let actual_hash = match root.known_hash() {
         Some(hash) => hash,

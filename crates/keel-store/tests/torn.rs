@@ -192,24 +192,98 @@ fn torn_tails_keep_every_earlier_commit() {
     }
 }
 
+fn blob_of(store: &Store, key: &str) -> keel_store::Hash {
+    match store.get(key).unwrap().unwrap().value {
+        keel_store::EntryValue::Blob { hash, .. } => hash,
+        other => panic!("expected a blob, got {other:?}"),
+    }
+}
+
 #[test]
-fn damage_in_the_middle_keeps_a_complete_newer_commit() {
+fn decay_of_synced_data_keeps_every_commit_and_reports_the_blob() {
     let base = tempfile::tempdir().unwrap();
     let dir = base.path().join("store");
     let store = Store::init(&dir, StoreOptions::default()).unwrap();
-    // A value that is later overwritten: its blob becomes garbage.
-    store.commit(&[Txn::put("old", noise(1, 5000))]).unwrap();
-    let garbage = match store.get("old").unwrap().unwrap().value {
-        keel_store::EntryValue::Blob { hash, .. } => hash,
-        other => panic!("expected a blob, got {other:?}"),
-    };
-    store.commit(&[Txn::put("old", "small now")]).unwrap();
-    store.commit(&[Txn::put("new", "kept")]).unwrap();
+    store.commit(&[Txn::put("needed", noise(2, 5000))]).unwrap();
+    let needed = blob_of(&store, "needed");
+    store.commit(&[Txn::put("later", "3")]).unwrap();
+    let head = store.revision();
+    let location = store.pack().location(&needed).unwrap();
+    let segment = store.pack().segment_path(location.segment);
+    drop(store);
+    // Bit rot inside data that a later commit proves was already durable.
+    flip(&segment, location.offset + 10);
+    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    assert_eq!(
+        store.revision(),
+        head,
+        "decay is not a crash: no acknowledged commit is dropped"
+    );
+    assert_eq!(store.recovery().decayed_ranges, 1);
+    assert_eq!(store.snapshot().get_value("later").unwrap().unwrap(), "3");
+    assert!(matches!(
+        store.snapshot().get_value("needed"),
+        Err(keel_store::StoreError::MissingBlob { hash }) if hash == needed
+    ));
+    let quarantine = store
+        .recovery()
+        .quarantined
+        .clone()
+        .expect("damaged bytes are kept aside");
+    assert_eq!(std::fs::read_dir(quarantine).unwrap().count(), 1);
+    store.close().unwrap();
+    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    assert!(
+        !store.recovery().found_damage(),
+        "padding leaves a clean log: {:?}",
+        store.recovery()
+    );
+}
+
+#[test]
+fn damage_in_unsynced_data_needed_by_the_head_rolls_back_and_quarantines() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("store");
+    let store = Store::init(&dir, StoreOptions::default()).unwrap();
+    store.commit(&[Txn::put("first", "1")]).unwrap();
+    let durable = store.revision();
+    // Written but never synced: what a crash can tear.
+    store.apply(&[Txn::put("needed", noise(2, 5000))]).unwrap();
+    store.flush(keel_store::Durability::Buffered, None).unwrap();
+    store.apply(&[Txn::put("later", "3")]).unwrap();
+    store.flush(keel_store::Durability::Buffered, None).unwrap();
+    let needed = blob_of(&store, "needed");
+    let location = store.pack().location(&needed).unwrap();
+    let segment = store.pack().segment_path(location.segment);
+    drop(store);
+    flip(&segment, location.offset + 10);
+    let store = Store::open(&dir, StoreOptions::default()).unwrap();
+    // The newest commits need the damaged blob: fall back, keep the bytes aside.
+    assert_eq!(store.revision(), durable);
+    let quarantine = store
+        .recovery()
+        .quarantined
+        .clone()
+        .expect("damaged tail must be kept");
+    assert_eq!(std::fs::read_dir(quarantine).unwrap().count(), 1);
+    assert_eq!(store.snapshot().get_value("first").unwrap().unwrap(), "1");
+}
+
+#[test]
+fn damage_in_unsynced_garbage_keeps_a_complete_newer_commit() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("store");
+    let store = Store::init(&dir, StoreOptions::default()).unwrap();
+    store.apply(&[Txn::put("old", noise(1, 5000))]).unwrap();
+    store.flush(keel_store::Durability::Buffered, None).unwrap();
+    let garbage = blob_of(&store, "old");
+    store.apply(&[Txn::put("old", "small now")]).unwrap();
+    store.apply(&[Txn::put("new", "kept")]).unwrap();
+    store.flush(keel_store::Durability::Buffered, None).unwrap();
+    let head = store.revision();
     let location = store.pack().location(&garbage).unwrap();
     let segment = store.pack().segment_path(location.segment);
-    let head = store.revision();
     drop(store);
-    // Flip a byte inside the garbage blob's record: valid records follow it.
     flip(&segment, location.offset + 10);
     let store = Store::open(&dir, StoreOptions::default()).unwrap();
     assert_eq!(
@@ -226,35 +300,6 @@ fn damage_in_the_middle_keeps_a_complete_newer_commit() {
         "padding leaves a clean log: {:?}",
         store.recovery()
     );
-}
-
-#[test]
-fn damage_in_the_middle_under_a_needed_blob_is_quarantined() {
-    let base = tempfile::tempdir().unwrap();
-    let dir = base.path().join("store");
-    let store = Store::init(&dir, StoreOptions::default()).unwrap();
-    store.commit(&[Txn::put("first", "1")]).unwrap();
-    let before = store.revision();
-    store.commit(&[Txn::put("needed", noise(2, 5000))]).unwrap();
-    let needed = match store.get("needed").unwrap().unwrap().value {
-        keel_store::EntryValue::Blob { hash, .. } => hash,
-        other => panic!("expected a blob, got {other:?}"),
-    };
-    store.commit(&[Txn::put("later", "3")]).unwrap();
-    let location = store.pack().location(&needed).unwrap();
-    let segment = store.pack().segment_path(location.segment);
-    drop(store);
-    flip(&segment, location.offset + 10);
-    let store = Store::open(&dir, StoreOptions::default()).unwrap();
-    // The newest commits need the damaged blob: fall back, keep the bytes aside.
-    assert_eq!(store.revision(), before);
-    let quarantine = store
-        .recovery()
-        .quarantined
-        .clone()
-        .expect("damaged tail must be kept");
-    assert_eq!(std::fs::read_dir(quarantine).unwrap().count(), 1);
-    assert_eq!(store.snapshot().get_value("first").unwrap().unwrap(), "1");
 }
 
 fn flip(path: &Path, offset: u64) {

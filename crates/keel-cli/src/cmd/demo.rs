@@ -47,6 +47,8 @@ pub fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
     });
     store.close()?;
     let data_dir = dir.display();
+    let keel =
+        std::env::current_exe().map_or_else(|_| "keel".to_string(), |p| p.display().to_string());
     out.emit(&summary, || {
         format!(
             "Keel store demo in {data_dir}\n\
@@ -54,8 +56,8 @@ pub fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
              checkpoint {s1}: apps/web/config = {then:?}\n\
              checkpoint {s2}: apps/web/config = {now:?}\n\
              pack: {bytes} bytes in {segments} segment(s)\n\n\
-             Try:\n  keel kv ls --data-dir {data_dir} -r -l\n  keel kv get --data-dir {data_dir} apps/web/config\n  \
-             keel kv get --data-dir {data_dir} apps/web/config --checkpoint {s1}\n  keel checkpoint list --data-dir {data_dir}",
+             Try:\n  {keel} kv ls --data-dir {data_dir} -r -l\n  {keel} kv get --data-dir {data_dir} apps/web/config\n  \
+             {keel} kv get --data-dir {data_dir} apps/web/config --checkpoint {s1}\n  {keel} checkpoint list --data-dir {data_dir}",
             rev = stats.revision,
             s1 = first.sequence,
             s2 = second.sequence,
