@@ -39,7 +39,7 @@ pub use error::{Result, StoreError};
 pub use hash::Hash;
 pub use object::{Entry, EntryValue};
 pub use store::{
-    Durability, GcHold, GcReport, ItemKind, ListItem, RecoveryReport, Snapshot, Store,
-    StoreOptions, StoreStats, StoredValueOrInline,
+    ChangeEvent, ChangeKind, Durability, GcHold, GcReport, ItemKind, ListItem, RecoveryReport,
+    Snapshot, Store, StoreOptions, StoreStats, StoredValueOrInline,
 };
 pub use txn::{Compare, Op, StoredValue, Txn, TxnOutcome};

@@ -31,7 +31,7 @@ use crate::datadir::{DataDir, Identity, StoreConfig};
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
 use crate::key::{split_dir, split_key};
-use crate::object::{Entry, EntryValue, Link};
+use crate::object::{Entry, EntryValue, Link, INLINE_VALUE_BYTES_MAX};
 use crate::pack::{CommitRecord, Pack, PackBatch, PackRecovery, SEGMENT_BYTES_TARGET_DEFAULT};
 use crate::segment::Mode;
 use crate::tree::{self, Objects, OnDamage};
@@ -52,6 +52,11 @@ pub struct StoreOptions {
     /// Overrides the retention in `config.toml`.
     pub retention: Option<Retention>,
     pub value_bytes_max: u64,
+    /// Number revisions strictly from the current one (`revision + 1`), as a
+    /// replica must so that every replica agrees. Off, a store that lost
+    /// acknowledged commits to damage continues above every revision it
+    /// ever recorded instead.
+    pub deterministic_revisions: bool,
 }
 
 impl Default for StoreOptions {
@@ -62,6 +67,7 @@ impl Default for StoreOptions {
             segment_bytes_target: SEGMENT_BYTES_TARGET_DEFAULT,
             retention: None,
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
+            deterministic_revisions: false,
         }
     }
 }
@@ -377,11 +383,29 @@ impl Store {
     /// [`Store::flush`]. Deterministic rejections are outcomes, not errors;
     /// an `Err` means a local failure (I/O, damaged data).
     pub fn apply(&self, txns: &[Txn]) -> Result<Vec<TxnOutcome>> {
+        self.apply_recording(txns, None)
+    }
+
+    /// Like [`Store::apply`], and appends one [`ChangeEvent`] per change of
+    /// every transaction that changed something (for watchers).
+    pub fn apply_recording(
+        &self,
+        txns: &[Txn],
+        mut events: Option<&mut Vec<ChangeEvent>>,
+    ) -> Result<Vec<TxnOutcome>> {
         self.check_writable()?;
         let mut writer = self.inner.writer.lock();
         let mut outcomes = Vec::with_capacity(txns.len());
+        let mut txn_events = Vec::new();
         for txn in txns {
-            outcomes.push(self.apply_one(&mut writer, txn)?);
+            txn_events.clear();
+            let outcome = self.apply_one(&mut writer, txn, &mut txn_events)?;
+            if let (Some(sink), TxnOutcome::Applied { changed: true, .. }) =
+                (events.as_deref_mut(), &outcome)
+            {
+                sink.append(&mut txn_events);
+            }
+            outcomes.push(outcome);
         }
         self.inner.head.store(Arc::new(Head {
             root: writer.root.clone(),
@@ -390,7 +414,12 @@ impl Store {
         Ok(outcomes)
     }
 
-    fn apply_one(&self, writer: &mut Writer, txn: &Txn) -> Result<TxnOutcome> {
+    fn apply_one(
+        &self,
+        writer: &mut Writer,
+        txn: &Txn,
+        events: &mut Vec<ChangeEvent>,
+    ) -> Result<TxnOutcome> {
         let objects = &self.inner.objects;
         for compare in &txn.compare {
             let names = match split_key(&compare.key) {
@@ -416,12 +445,17 @@ impl Store {
         }
         // Above every revision ever used: after damage lost acknowledged
         // commits, the next revision skips theirs instead of reusing them.
-        let revision = writer.revision.max(writer.max_revision) + 1;
+        // A replica numbers strictly, so that all replicas agree.
+        let revision = if self.inner.options.deterministic_revisions {
+            writer.revision + 1
+        } else {
+            writer.revision.max(writer.max_revision) + 1
+        };
         let mut work = writer.root.clone();
         let mut changed = false;
         let mut deleted = 0;
         for op in &txn.ops {
-            match self.apply_op(&mut work, op, revision) {
+            match self.apply_op(&mut work, op, revision, events) {
                 Ok((op_changed, op_deleted)) => {
                     changed |= op_changed;
                     deleted += op_deleted;
@@ -453,8 +487,21 @@ impl Store {
     }
 
     /// Applies one operation to `work`; returns (changed, values deleted).
-    fn apply_op(&self, work: &mut Link, op: &Op, revision: u64) -> Result<(bool, u64)> {
+    fn apply_op(
+        &self,
+        work: &mut Link,
+        op: &Op,
+        revision: u64,
+        events: &mut Vec<ChangeEvent>,
+    ) -> Result<(bool, u64)> {
         let objects = &self.inner.objects;
+        let event = |kind, key: &str, value: Option<Bytes>, size| ChangeEvent {
+            revision,
+            kind,
+            key: key.trim_start_matches('/').to_string(),
+            value,
+            size,
+        };
         match op {
             Op::Put { key, value } => {
                 let names = split_key(key)?;
@@ -466,10 +513,12 @@ impl Store {
                     });
                 }
                 let mut batch = PackBatch::new();
-                let value = tree::make_value(objects, value, &mut batch)?;
+                let stored = tree::make_value(objects, value, &mut batch)?;
                 // Chunks go to the pack now so readers of the applied state find them.
                 objects.pack.write(batch, None, false)?;
-                tree::put_path(objects, work, &names, value, revision)?;
+                tree::put_path(objects, work, &names, stored, revision)?;
+                let inline = (value.len() <= INLINE_VALUE_BYTES_MAX).then(|| value.clone());
+                events.push(event(ChangeKind::Put, key, inline, value.len() as u64));
                 Ok((true, 0))
             }
             Op::PutStored { key, value } => {
@@ -490,12 +539,17 @@ impl Store {
                 )));
                 // Every chunk must be present before a key may point at it.
                 tree::mark(objects, &probe, &mut live, OnDamage::Fail, true)?;
+                let size = value.size().unwrap_or(0);
                 tree::put_path(objects, work, &names, value, revision)?;
+                events.push(event(ChangeKind::Put, key, None, size));
                 Ok((true, 0))
             }
             Op::Delete { key } => {
                 let names = split_key(key)?;
                 let removed = tree::remove_path(objects, work, &names, false, revision)?;
+                if removed.is_some() {
+                    events.push(event(ChangeKind::Delete, key, None, 0));
+                }
                 Ok((removed.is_some(), u64::from(removed.is_some())))
             }
             Op::DeletePrefix { prefix } => {
@@ -503,6 +557,9 @@ impl Store {
                 if names.is_empty() {
                     let count = count_values(objects, work)?;
                     *work = Link::empty_dir();
+                    if count > 0 {
+                        events.push(event(ChangeKind::DeletePrefix, "", None, 0));
+                    }
                     return Ok((count > 0, count));
                 }
                 match tree::remove_path(objects, work, &names, true, revision)? {
@@ -511,6 +568,7 @@ impl Store {
                             EntryValue::Dir { root, .. } => count_values(objects, root)?,
                             _ => 1,
                         };
+                        events.push(event(ChangeKind::DeletePrefix, prefix, None, 0));
                         Ok((true, count))
                     }
                     None => Ok((false, 0)),
@@ -636,6 +694,61 @@ impl Store {
             commit.timestamp_ms,
             commit.meta,
         )
+    }
+
+    /// Makes `root` the current state at exactly `revision` with `meta` (a
+    /// replica installing a snapshot that a peer sent, as a root hash whose
+    /// blobs were fetched beforehand), durably, and checkpoints it. The tree
+    /// must be complete (verified here).
+    pub fn adopt_root(&self, root: Hash, revision: u64, meta: Vec<u8>) -> Result<Checkpoint> {
+        self.check_writable()?;
+        let objects = &self.inner.objects;
+        let mut live = HashSet::new();
+        tree::mark(
+            objects,
+            &Link::Stored(root),
+            &mut live,
+            OnDamage::Fail,
+            true,
+        )?;
+        let mut writer = self.inner.writer.lock();
+        writer.root = Link::Stored(root);
+        writer.revision = revision;
+        writer.max_revision = writer.max_revision.max(revision);
+        writer.dirty = true;
+        let commit = self.flush_locked(&mut writer, Durability::Sync, Some(meta))?;
+        self.inner.checkpoints.lock().append(
+            commit.revision,
+            commit.root,
+            commit.timestamp_ms,
+            commit.meta,
+        )
+    }
+
+    /// Adds blobs that came from elsewhere (a peer), after checking that
+    /// each hashes to its name. Not durable until the next sync or commit;
+    /// hold [`Store::hold_gc`] until something references them.
+    pub fn import_blobs(&self, blobs: &[(Hash, Bytes)]) -> Result<()> {
+        self.check_writable()?;
+        let mut batch = PackBatch::new();
+        for (hash, bytes) in blobs {
+            let actual = Hash::of(bytes);
+            if actual != *hash {
+                return Err(StoreError::CorruptBlob {
+                    hash: *hash,
+                    actual,
+                });
+            }
+            if bytes.len() > crate::object::BLOB_BYTES_MAX {
+                return Err(StoreError::TooLarge {
+                    what: "blob",
+                    size: bytes.len() as u64,
+                    limit: crate::object::BLOB_BYTES_MAX as u64,
+                });
+            }
+            batch.add_blob(*hash, bytes);
+        }
+        self.inner.objects.pack.write(batch, None, false)
     }
 
     /// Writes a streamed value's chunks into the store. Hold the returned
@@ -771,6 +884,28 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// One change made by an applied transaction.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChangeEvent {
+    pub revision: u64,
+    pub kind: ChangeKind,
+    /// The key (for `delete_prefix`, the prefix; empty for everything).
+    pub key: String,
+    /// The new value when small enough to be stored inline.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub value: Option<Bytes>,
+    /// Size of the new value (puts).
+    pub size: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Put,
+    Delete,
+    DeletePrefix,
 }
 
 /// A streamed value: small enough to inline, or chunks already stored.

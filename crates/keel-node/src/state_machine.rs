@@ -1,0 +1,365 @@
+//! The state machine: an adapter between Raft's applied entries and the store.
+//!
+//! - Applying an entry is a store commit in memory; the store is flushed
+//!   (not synced) every [`FLUSH_OPS_MAX`] operations or [`FLUSH_INTERVAL`],
+//!   and each flush records the applied log id and membership in the same
+//!   commit record as the root they produced, so after a crash the store
+//!   and its applied position always agree; Raft re-applies the rest from
+//!   its durable log.
+//! - A snapshot is a checkpoint (durable): its data is only a manifest
+//!   `{root, revision, applied, membership}`. Logs are purged only up to a
+//!   snapshot, so every entry after the durable state is still in the log.
+//! - Installing a snapshot adopts a root hash whose blobs the receiver
+//!   fetched beforehand (see `fetch`), at exactly the sender's revision.
+//! - Revisions are deterministic: every replica numbers transactions the same.
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use keel_store::{Durability, Store, Txn};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
+use parking_lot::Mutex;
+
+use crate::types::{
+    decode, encode, AppliedMeta, Entry, LogId, Request, Response, SnapshotManifest, SnapshotMeta,
+    StorageError, StoredMembership, TypeConfig,
+};
+use crate::watch::EventHub;
+
+/// Operations applied between two (unsynced) flushes of the store, at most.
+pub const FLUSH_OPS_MAX: u64 = 20_000;
+/// Time between two flushes of a busy store, at most.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// Where the cluster keeps its own keys; clients may not read or write there.
+pub const RESERVED_PREFIX: &str = ".keel";
+const NEXT_NODE_ID_KEY: &str = ".keel/cluster/next-node-id";
+const CLUSTER_ID_KEY: &str = ".keel/cluster/id";
+const TOKEN_HASH_KEY: &str = ".keel/cluster/join-token-hash";
+/// The founding node is 1; joiners get ids from 2 on.
+const FIRST_JOINER_ID: u64 = 2;
+
+struct State {
+    applied: AppliedMeta,
+    current: Option<(SnapshotMeta, SnapshotManifest)>,
+    ops_since_flush: u64,
+    last_flush: Instant,
+    last_apply: Instant,
+}
+
+struct Inner {
+    store: Store,
+    state: Mutex<State>,
+    events: EventHub,
+}
+
+/// The Raft state machine; clones share it.
+#[derive(Clone)]
+pub struct StateMachine {
+    inner: Arc<Inner>,
+}
+
+fn sm_error(verb: ErrorVerb, error: impl std::fmt::Display) -> StorageError {
+    StorageError::from_io_error(
+        ErrorSubject::StateMachine,
+        verb,
+        std::io::Error::other(error.to_string()),
+    )
+}
+
+impl StateMachine {
+    /// Wraps a store opened with deterministic revisions; the applied state
+    /// comes from the newest commit record's metadata.
+    pub fn new(store: Store) -> anyhow::Result<StateMachine> {
+        let applied = match store.last_commit() {
+            Some(commit) if !commit.meta.is_empty() => decode::<AppliedMeta>(&commit.meta)
+                .map_err(|e| {
+                    anyhow::anyhow!("the store's applied Raft state is unreadable: {e}")
+                })?,
+            _ => AppliedMeta::default(),
+        };
+        let events = EventHub::new(store.revision());
+        Ok(StateMachine {
+            inner: Arc::new(Inner {
+                store,
+                state: Mutex::new(State {
+                    applied,
+                    current: None,
+                    ops_since_flush: 0,
+                    last_flush: Instant::now(),
+                    last_apply: Instant::now(),
+                }),
+                events,
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn events(&self) -> &EventHub {
+        &self.inner.events
+    }
+
+    /// The last applied log id.
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.inner.state.lock().applied.last_applied
+    }
+
+    /// Flushes applied changes (not synced) when the store has been idle a
+    /// little while, so that every replica soon states its root hash.
+    pub fn flush_if_idle(&self, idle: Duration) -> Result<(), keel_store::StoreError> {
+        let mut state = self.inner.state.lock();
+        if state.ops_since_flush == 0 || state.last_apply.elapsed() < idle {
+            return Ok(());
+        }
+        self.flush_locked(&mut state, Durability::Buffered)
+    }
+
+    fn flush_locked(
+        &self,
+        state: &mut State,
+        durability: Durability,
+    ) -> Result<(), keel_store::StoreError> {
+        self.inner
+            .store
+            .flush(durability, Some(encode(&state.applied)))?;
+        state.ops_since_flush = 0;
+        state.last_flush = Instant::now();
+        Ok(())
+    }
+
+    /// The cluster id recorded in the replicated state, if any.
+    pub fn cluster_id(&self) -> Option<String> {
+        self.read_reserved(CLUSTER_ID_KEY)
+    }
+
+    /// Whether `token` is the cluster's join token.
+    pub fn token_matches(&self, token: &str) -> bool {
+        self.read_reserved(TOKEN_HASH_KEY)
+            .is_some_and(|hash| hash == blake3::hash(token.as_bytes()).to_hex().to_string())
+    }
+
+    fn read_reserved(&self, key: &str) -> Option<String> {
+        let value = self.inner.store.snapshot().get_value(key).ok().flatten()?;
+        String::from_utf8(value.to_vec()).ok()
+    }
+
+    fn apply_request(
+        &self,
+        request: Request,
+        events: &mut Vec<keel_store::ChangeEvent>,
+    ) -> Result<Response, StorageError> {
+        let store = &self.inner.store;
+        match request {
+            Request::Txns(txns) => {
+                let outcomes = store
+                    .apply_recording(&txns, Some(events))
+                    .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+                Ok(Response::Txns(outcomes))
+            }
+            Request::AllocateNodeId => {
+                let next = self
+                    .read_reserved(NEXT_NODE_ID_KEY)
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(FIRST_JOINER_ID);
+                store
+                    .apply(&[Txn::put(NEXT_NODE_ID_KEY, (next + 1).to_string())])
+                    .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+                Ok(Response::NodeId(next))
+            }
+            Request::SetClusterMeta {
+                cluster_id,
+                token_hash,
+            } => {
+                if self.read_reserved(CLUSTER_ID_KEY).is_none() {
+                    let txn = Txn {
+                        compare: Vec::new(),
+                        ops: vec![
+                            keel_store::Op::Put {
+                                key: CLUSTER_ID_KEY.into(),
+                                value: Bytes::from(cluster_id),
+                            },
+                            keel_store::Op::Put {
+                                key: TOKEN_HASH_KEY.into(),
+                                value: Bytes::from(token_hash),
+                            },
+                        ],
+                    };
+                    store
+                        .apply(&[txn])
+                        .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+                }
+                Ok(Response::None)
+            }
+        }
+    }
+
+    fn manifest_from_checkpoint(&self) -> Option<(SnapshotMeta, SnapshotManifest)> {
+        let checkpoint = self.inner.store.checkpoints().pop()?;
+        let applied: AppliedMeta = decode(&checkpoint.meta).ok()?;
+        applied.last_applied?;
+        let manifest = SnapshotManifest {
+            root: checkpoint.root,
+            revision: checkpoint.revision,
+            last_applied: applied.last_applied,
+            membership: applied.membership.clone(),
+        };
+        Some((snapshot_meta(&manifest, checkpoint.sequence), manifest))
+    }
+}
+
+fn snapshot_meta(manifest: &SnapshotManifest, sequence: u64) -> SnapshotMeta {
+    SnapshotMeta {
+        last_log_id: manifest.last_applied,
+        last_membership: manifest.membership.clone(),
+        snapshot_id: format!(
+            "{}-{}-{}",
+            manifest.last_applied.map_or(0, |l| l.index),
+            sequence,
+            manifest.root.short()
+        ),
+    }
+}
+
+/// A snapshot prepared (made durable) when the builder was requested.
+pub struct PreparedSnapshot {
+    meta: SnapshotMeta,
+    manifest: SnapshotManifest,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for PreparedSnapshot {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            snapshot: Box::new(Cursor::new(encode(&self.manifest))),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = PreparedSnapshot;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let state = self.inner.state.lock();
+        Ok((state.applied.last_applied, state.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut state = self.inner.state.lock();
+        let mut responses = Vec::new();
+        let mut events = Vec::new();
+        for entry in entries {
+            state.applied.last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Response::None,
+                EntryPayload::Normal(request) => {
+                    let ops = match &request {
+                        Request::Txns(txns) => txns.len() as u64,
+                        _ => 1,
+                    };
+                    state.ops_since_flush += ops;
+                    self.apply_request(request, &mut events)?
+                }
+                EntryPayload::Membership(membership) => {
+                    state.applied.membership =
+                        StoredMembership::new(Some(entry.log_id), membership);
+                    state.ops_since_flush += 1;
+                    Response::None
+                }
+            };
+            responses.push(response);
+        }
+        state.last_apply = Instant::now();
+        if state.ops_since_flush >= FLUSH_OPS_MAX || state.last_flush.elapsed() >= FLUSH_INTERVAL {
+            self.flush_locked(&mut state, Durability::Buffered)
+                .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        }
+        drop(state);
+        self.inner.events.publish(events);
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Made durable here, in the state machine's own task, so it is a
+        // consistent point even though building runs beside later applies.
+        let mut state = self.inner.state.lock();
+        let store = &self.inner.store;
+        let prepared = self
+            .flush_locked(&mut state, Durability::Sync)
+            .and_then(|()| store.checkpoint())
+            .map(|checkpoint| {
+                let manifest = SnapshotManifest {
+                    root: checkpoint.root,
+                    revision: checkpoint.revision,
+                    last_applied: state.applied.last_applied,
+                    membership: state.applied.membership.clone(),
+                };
+                (snapshot_meta(&manifest, checkpoint.sequence), manifest)
+            });
+        match prepared {
+            Ok((meta, manifest)) => {
+                state.current = Some((meta.clone(), manifest.clone()));
+                PreparedSnapshot { meta, manifest }
+            }
+            Err(error) => {
+                // The builder cannot fail here; fall back to the last good
+                // snapshot so Raft keeps a consistent one.
+                tracing::error!(%error, "could not checkpoint for a snapshot; offering the previous one");
+                let (meta, manifest) = state
+                    .current
+                    .clone()
+                    .or_else(|| self.manifest_from_checkpoint())
+                    .expect("a store always holds its initial checkpoint");
+                PreparedSnapshot { meta, manifest }
+            }
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let manifest: SnapshotManifest =
+            decode(snapshot.get_ref()).map_err(|e| sm_error(ErrorVerb::Read, e))?;
+        let applied = AppliedMeta {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        let mut state = self.inner.state.lock();
+        self.inner
+            .store
+            .adopt_root(manifest.root, manifest.revision, encode(&applied))
+            .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+        state.applied = applied;
+        state.current = Some((meta.clone(), manifest.clone()));
+        state.ops_since_flush = 0;
+        self.inner.events.reset(manifest.revision);
+        tracing::info!(root = %manifest.root, revision = manifest.revision, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let current = {
+            let state = self.inner.state.lock();
+            state.current.clone()
+        };
+        let current = current.or_else(|| self.manifest_from_checkpoint());
+        Ok(current.map(|(meta, manifest)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(encode(&manifest))),
+        }))
+    }
+}
