@@ -6,12 +6,31 @@
 //! - [`log_store`]: the Raft log on disk (durable before acknowledged);
 //! - [`state_machine`]: applies entries to the store; snapshots are checkpoints;
 //! - [`fence`]: stops acknowledging when the data directory goes away;
-//! - [`watch`]: change events for watchers.
+//! - [`watch`]: change events for watchers;
+//! - [`fetch`]: catch-up by root hash, blob by blob, from any peer;
+//! - [`proposer`]: batching of writes and of linearizable reads;
+//! - [`network`], [`server`]: Raft over HTTP (binary) and the client API (JSON);
+//! - [`node`]: everything assembled, membership and status;
+//! - [`identity`], [`config`]: which member a data directory is, and settings.
 //!
 //! The store knows nothing of Raft; this crate is the glue and the server.
 
+// openraft's storage traits fix `StorageError` (about 224 bytes) as the
+// error type; helpers that feed them return it too.
+#![allow(clippy::result_large_err)]
+
+pub mod admin;
+pub mod api;
+pub mod client;
+pub mod config;
 pub mod fence;
+pub mod fetch;
+pub mod identity;
 pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod proposer;
+pub mod server;
 pub mod state_machine;
 pub mod types;
 pub mod watch;

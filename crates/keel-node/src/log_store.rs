@@ -198,6 +198,11 @@ impl LogStore {
         Ok(Some(entry))
     }
 
+    /// The committed log id most recently recorded.
+    pub fn committed(&self) -> Option<LogId> {
+        self.inner.state.lock().committed
+    }
+
     /// Bytes in the log's segments.
     pub fn bytes(&self) -> u64 {
         self.inner.wal.total_bytes()

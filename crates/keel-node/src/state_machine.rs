@@ -119,6 +119,13 @@ impl StateMachine {
         self.flush_locked(&mut state, Durability::Buffered)
     }
 
+    /// Flushes every applied change durably, with the applied position
+    /// (at shutdown, once Raft has stopped applying).
+    pub fn flush_durable(&self) -> Result<(), keel_store::StoreError> {
+        let mut state = self.inner.state.lock();
+        self.flush_locked(&mut state, Durability::Sync)
+    }
+
     fn flush_locked(
         &self,
         state: &mut State,

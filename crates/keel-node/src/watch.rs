@@ -24,6 +24,9 @@ struct Ring {
     compacted_through: u64,
 }
 
+/// Live events, in batches as they were applied.
+pub type EventReceiver = broadcast::Receiver<Arc<Vec<ChangeEvent>>>;
+
 /// The event hub of one node.
 pub struct EventHub {
     ring: Mutex<Ring>,
@@ -76,7 +79,7 @@ impl EventHub {
     pub fn subscribe(
         &self,
         from_revision: u64,
-    ) -> Result<(Vec<ChangeEvent>, broadcast::Receiver<Arc<Vec<ChangeEvent>>>), Compacted> {
+    ) -> Result<(Vec<ChangeEvent>, EventReceiver), Compacted> {
         let ring = self.ring.lock();
         if from_revision <= ring.compacted_through {
             return Err(Compacted {

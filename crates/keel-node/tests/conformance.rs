@@ -34,6 +34,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Dis
 
 /// A plain test: the suite runs its own runtime per case.
 #[test]
-fn openraft_storage_conformance_suite() -> Result<(), StorageError<NodeId>> {
-    Suite::test_all(DiskBuilder)
+fn openraft_storage_conformance_suite() {
+    if let Err(error) = Suite::test_all(DiskBuilder) {
+        panic!("storage conformance suite failed: {error}");
+    }
 }

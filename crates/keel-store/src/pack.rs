@@ -182,11 +182,22 @@ pub struct PackBatch {
     blobs: Vec<(Hash, usize, u32)>,
     pending: std::collections::HashSet<Hash>,
     has_commit: Option<CommitRecord>,
+    /// Write even blobs the pack holds: the held copies are damaged and the
+    /// index moves to these new ones.
+    replaces: bool,
 }
 
 impl PackBatch {
     pub fn new() -> PackBatch {
         PackBatch::default()
+    }
+
+    /// A batch whose blobs replace damaged copies already in the pack.
+    pub fn replacing() -> PackBatch {
+        PackBatch {
+            replaces: true,
+            ..PackBatch::default()
+        }
     }
 
     /// Queues a blob unless it is already queued (the pack skips blobs it holds).
@@ -502,8 +513,9 @@ impl Pack {
         sync: bool,
     ) -> Result<()> {
         let mut writer = self.writer.lock();
-        // Drop blobs the pack already holds (another batch may have written them).
-        if !batch.blobs.is_empty() {
+        // Drop blobs the pack already holds (another batch may have written
+        // them), unless this batch replaces damaged copies.
+        if !batch.replaces && !batch.blobs.is_empty() {
             let index = self.index.read();
             if batch.blobs.iter().any(|(h, _, _)| index.contains_key(h)) {
                 drop(index);

@@ -726,11 +726,17 @@ impl Store {
     }
 
     /// Adds blobs that came from elsewhere (a peer), after checking that
-    /// each hashes to its name. Not durable until the next sync or commit;
+    /// each hashes to its name. With `replace`, blobs the pack already holds
+    /// are written again and the new copies are used from then on (the
+    /// held ones are damaged). Not durable until the next sync or commit;
     /// hold [`Store::hold_gc`] until something references them.
-    pub fn import_blobs(&self, blobs: &[(Hash, Bytes)]) -> Result<()> {
+    pub fn import_blobs(&self, blobs: &[(Hash, Bytes)], replace: bool) -> Result<()> {
         self.check_writable()?;
-        let mut batch = PackBatch::new();
+        let mut batch = if replace {
+            PackBatch::replacing()
+        } else {
+            PackBatch::new()
+        };
         for (hash, bytes) in blobs {
             let actual = Hash::of(bytes);
             if actual != *hash {
@@ -1080,7 +1086,7 @@ pub struct ListItem {
     pub revision: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ItemKind {
     Value,

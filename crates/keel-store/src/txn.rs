@@ -8,9 +8,12 @@ use crate::hash::Hash;
 /// An atomic group of operations guarded by optional comparisons. Either
 /// every comparison holds and every operation applies, or nothing changes.
 /// A transaction that changes something gets the next revision.
+// These types travel in the replicated log in a compact binary encoding
+// that is not self-describing: no internally tagged enums, no skipped fields.
+
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Txn {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub compare: Vec<Compare>,
     pub ops: Vec<Op>,
 }
@@ -62,7 +65,7 @@ pub struct Compare {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum Op {
     /// Sets a key's value, creating parent directories.
     Put { key: String, value: Bytes },
@@ -78,7 +81,7 @@ pub enum Op {
 
 /// A chunked value already written to the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum StoredValue {
     Blob { hash: Hash, size: u64 },
     Chunked { list: Hash, size: u64 },
@@ -86,7 +89,7 @@ pub enum StoredValue {
 
 /// What happened to one transaction.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 pub enum TxnOutcome {
     /// Applied. `revision` is the new revision, or the current one when
     /// nothing changed (`changed` false).
@@ -108,5 +111,42 @@ pub enum TxnOutcome {
 impl TxnOutcome {
     pub fn is_applied(&self) -> bool {
         matches!(self, TxnOutcome::Applied { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The log's binary encoding must round-trip every operation.
+    #[test]
+    fn transactions_round_trip_in_a_non_self_describing_format() {
+        let txn = Txn {
+            compare: vec![],
+            ops: vec![
+                Op::Put {
+                    key: "a".into(),
+                    value: Bytes::from_static(b"1"),
+                },
+                Op::PutStored {
+                    key: "b".into(),
+                    value: StoredValue::Blob {
+                        hash: Hash::of(b"x"),
+                        size: 1,
+                    },
+                },
+                Op::Delete { key: "c".into() },
+                Op::DeletePrefix { prefix: "d".into() },
+            ],
+        };
+        let bytes = postcard::to_stdvec(&txn).unwrap();
+        assert_eq!(postcard::from_bytes::<Txn>(&bytes).unwrap(), txn);
+        let outcome = TxnOutcome::CompareFailed {
+            key: "k".into(),
+            expected: 1,
+            actual: 2,
+        };
+        let bytes = postcard::to_stdvec(&outcome).unwrap();
+        assert_eq!(postcard::from_bytes::<TxnOutcome>(&bytes).unwrap(), outcome);
     }
 }

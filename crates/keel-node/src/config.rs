@@ -1,0 +1,125 @@
+//! Node configuration: a TOML file, overridden by command-line flags.
+//!
+//! ```toml
+//! listen = "127.0.0.1:7001"            # where the HTTP endpoint binds
+//! advertise = "http://127.0.0.1:7001"  # how peers and clients reach it (default: from listen)
+//!
+//! [raft]
+//! heartbeat_ms = 150
+//! election_timeout_min_ms = 600
+//! election_timeout_max_ms = 1200
+//! snapshot_every_entries = 20000
+//!
+//! [membership]
+//! promote_after_healthy_secs = 10      # a learner becomes a voter after this long caught up
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Raft timing and snapshot settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSettings {
+    /// Also the timeout of one AppendEntries round trip.
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// A snapshot (a durable checkpoint) is taken after this many entries.
+    pub snapshot_every_entries: u64,
+    /// Entries kept in the log after a snapshot, for followers slightly behind.
+    pub keep_after_snapshot: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> RaftSettings {
+        RaftSettings {
+            heartbeat_ms: 150,
+            election_timeout_min_ms: 600,
+            election_timeout_max_ms: 1200,
+            snapshot_every_entries: 20_000,
+            keep_after_snapshot: 5_000,
+        }
+    }
+}
+
+/// Membership management settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipSettings {
+    /// A learner is promoted to voter after being caught up and ready this long.
+    pub promote_after_healthy_secs: u64,
+}
+
+impl Default for MembershipSettings {
+    fn default() -> MembershipSettings {
+        MembershipSettings {
+            promote_after_healthy_secs: 10,
+        }
+    }
+}
+
+/// Everything a node needs to run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Base URL peers and clients use; defaults to `http://<listen>`.
+    pub advertise: Option<String>,
+    pub raft: RaftSettings,
+    pub membership: MembershipSettings,
+}
+
+impl Default for NodeConfig {
+    fn default() -> NodeConfig {
+        NodeConfig {
+            data_dir: PathBuf::from("keel-data"),
+            listen: "127.0.0.1:7001".parse().expect("valid address"),
+            advertise: None,
+            raft: RaftSettings::default(),
+            membership: MembershipSettings::default(),
+        }
+    }
+}
+
+impl NodeConfig {
+    /// Reads a TOML config file.
+    pub fn load(path: &Path) -> anyhow::Result<NodeConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))
+    }
+
+    /// The URL others use to reach this node.
+    pub fn advertise_url(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.listen))
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// openraft's configuration, validated.
+    pub fn raft_config(&self) -> anyhow::Result<openraft::Config> {
+        let raft = &self.raft;
+        let config = openraft::Config {
+            cluster_name: "keel".into(),
+            heartbeat_interval: raft.heartbeat_ms,
+            election_timeout_min: raft.election_timeout_min_ms,
+            election_timeout_max: raft.election_timeout_max_ms,
+            // The snapshot data is a small manifest; the install includes the
+            // receiver's check that every blob is present.
+            install_snapshot_timeout: 30_000,
+            max_payload_entries: 256,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(raft.snapshot_every_entries),
+            max_in_snapshot_log_to_keep: raft.keep_after_snapshot,
+            purge_batch_size: 256,
+            replication_lag_threshold: 1000,
+            ..Default::default()
+        };
+        Ok(config.validate()?)
+    }
+}

@@ -1,0 +1,166 @@
+//! Node-to-node endpoints, postcard-encoded: Raft RPCs, blob fetches,
+//! forwarded proposals and read-index requests.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use keel_store::{Hash, Txn, TxnOutcome};
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+
+use crate::network::CLUSTER_HEADER;
+use crate::node::Node;
+use crate::types::{
+    decode, encode, NodeId, Request, Response as RaftResponse, SnapshotManifest, TypeConfig,
+};
+
+/// How long a snapshot request waits for its blobs before answering "not ready".
+const SNAPSHOT_FETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
+fn binary(bytes: Vec<u8>) -> Response {
+    ([("content-type", "application/octet-stream")], bytes).into_response()
+}
+
+fn refuse(status: StatusCode, message: String) -> Response {
+    (status, message).into_response()
+}
+
+/// Decodes a request from a peer of this cluster.
+fn accept<T: serde::de::DeserializeOwned>(
+    node: &Node,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, Response> {
+    let cluster = headers
+        .get(CLUSTER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if cluster != node.cluster_id() {
+        return Err(refuse(
+            StatusCode::CONFLICT,
+            format!(
+                "this node belongs to cluster {}, not {cluster:?}",
+                node.cluster_id()
+            ),
+        ));
+    }
+    decode(body).map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("undecodable request: {e}")))
+}
+
+pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> Response {
+    let request: AppendEntriesRequest<TypeConfig> = match accept(&node, &headers, &body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    node.leader_contact();
+    binary(encode(&node.raft().append_entries(request).await))
+}
+
+pub async fn vote(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> Response {
+    let request: VoteRequest<NodeId> = match accept(&node, &headers, &body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    binary(encode(&node.raft().vote(request).await))
+}
+
+/// A snapshot is installed only once every blob under its root is here:
+/// until then the answer is "not ready" (the leader retries) while the
+/// blobs are fetched in the background.
+pub async fn snapshot(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> Response {
+    let request: InstallSnapshotRequest<TypeConfig> = match accept(&node, &headers, &body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    node.leader_contact();
+    if request.offset == 0 && request.done {
+        let manifest: SnapshotManifest = match decode(&request.data) {
+            Ok(manifest) => manifest,
+            Err(e) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    format!("undecodable snapshot manifest: {e}"),
+                )
+            }
+        };
+        // A new member knows no peers yet; the manifest names them all.
+        let mut peers: Vec<String> = manifest
+            .membership
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != node.id())
+            .map(|(_, info)| info.addr.clone())
+            .collect();
+        peers.extend(node.peer_urls());
+        peers.sort();
+        peers.dedup();
+        let progress = node
+            .fetcher()
+            .ensure(manifest.root, peers, SNAPSHOT_FETCH_WAIT)
+            .await;
+        if !progress.complete {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "fetching snapshot {}: {} blobs fetched, {} missing",
+                    progress.root, progress.blobs_fetched, progress.missing
+                ),
+            );
+        }
+        let result = node.raft().install_snapshot(request).await;
+        node.fetcher().finish(&manifest.root);
+        return binary(encode(&result));
+    }
+    binary(encode(&node.raft().install_snapshot(request).await))
+}
+
+pub async fn blobs(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> Response {
+    let hashes: Vec<Hash> = match accept(&node, &headers, &body) {
+        Ok(hashes) => hashes,
+        Err(response) => return response,
+    };
+    let store = node.store().clone();
+    match tokio::task::spawn_blocking(move || crate::fetch::serve_blobs(&store, &hashes)).await {
+        Ok(bytes) => binary(bytes),
+        Err(e) => refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// A batch forwarded by a follower; committed here only if this node leads
+/// (never forwarded again, so a stale view cannot make a loop).
+pub async fn propose(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> Response {
+    let txns: Vec<Txn> = match accept(&node, &headers, &body) {
+        Ok(txns) => txns,
+        Err(response) => return response,
+    };
+    let write = tokio::time::timeout(
+        crate::proposer::WRITE_TIMEOUT,
+        node.raft().client_write(Request::Txns(txns)),
+    );
+    let answer: Result<Vec<TxnOutcome>, String> = match write.await {
+        Err(_) => Err("not committed in time: the cluster may lack a quorum".into()),
+        Ok(Ok(response)) => match response.data {
+            RaftResponse::Txns(outcomes) => Ok(outcomes),
+            other => Err(format!("unexpected response {other:?}")),
+        },
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => Err(format!(
+            "this node no longer leads (leader: {:?})",
+            forward.leader_id
+        )),
+        Ok(Err(error)) => Err(error.to_string()),
+    };
+    binary(encode(&answer))
+}
+
+/// The leader's read index, for a follower serving a linearizable read.
+pub async fn read_index(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(response) = accept::<()>(&node, &headers, &body) {
+        return response;
+    }
+    let answer: Result<Option<u64>, String> = match node.raft().get_read_log_id().await {
+        Ok((read_log_id, _)) => Ok(read_log_id.map(|l| l.index)),
+        Err(error) => Err(error.to_string()),
+    };
+    binary(encode(&answer))
+}

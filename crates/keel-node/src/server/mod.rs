@@ -1,0 +1,134 @@
+//! The HTTP endpoint of a node (axum): the client API (JSON, see
+//! docs/API.md), health, cluster administration, and the internal Raft and
+//! blob endpoints (postcard binary).
+
+mod client;
+mod cluster;
+mod internal;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+
+use crate::api::{ErrorBody, ErrorDetail};
+use crate::node::Node;
+use crate::proposer::ProposeError;
+
+/// Largest request body (a value written through the API, or a Raft batch).
+pub const REQUEST_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The router of a node.
+pub fn router(node: Node) -> Router {
+    Router::new()
+        .route("/up", get(cluster::up))
+        .route("/ready", get(cluster::ready))
+        .route("/v1/status", get(cluster::status))
+        .route("/v1/cluster/status", get(cluster::cluster_status))
+        .route("/v1/cluster/join", post(cluster::join))
+        .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
+        .route(
+            "/v1/kv/{*key}",
+            get(client::get).put(client::put).delete(client::delete),
+        )
+        .route("/v1/ls", get(client::list_root))
+        .route("/v1/ls/{*prefix}", get(client::list))
+        .route("/v1/txn", post(client::txn))
+        .route("/v1/watch", get(client::watch))
+        .route("/v1/checkpoints", get(client::checkpoints))
+        .route(crate::network::PATH_APPEND, post(internal::append))
+        .route(crate::network::PATH_VOTE, post(internal::vote))
+        .route(crate::network::PATH_SNAPSHOT, post(internal::snapshot))
+        .route(crate::fetch::PATH_BLOBS, post(internal::blobs))
+        .route(crate::proposer::PATH_PROPOSE, post(internal::propose))
+        .route(crate::proposer::PATH_READ_INDEX, post(internal::read_index))
+        .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
+        .with_state(node)
+}
+
+/// Serves `node` on its configured address until the node shuts down.
+pub async fn serve(node: Node) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(node.config().listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", node.config().listen))?;
+    serve_on(node, listener).await
+}
+
+/// Serves `node` on an already bound listener.
+pub async fn serve_on(node: Node, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    let mut shutdown = node.shutdown_signal();
+    axum::serve(listener, router(node))
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stopped| *stopped).await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// An error answer of the client API.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    detail: ErrorDetail,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            detail: ErrorDetail {
+                code: code.to_string(),
+                message: message.into(),
+                actual_revision: None,
+            },
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(ErrorBody { error: self.detail })).into_response()
+    }
+}
+
+impl From<ProposeError> for ApiError {
+    fn from(error: ProposeError) -> ApiError {
+        ApiError::unavailable(error.to_string())
+    }
+}
+
+impl From<keel_store::StoreError> for ApiError {
+    fn from(error: keel_store::StoreError) -> ApiError {
+        use keel_store::StoreError as E;
+        match &error {
+            E::InvalidKey { .. }
+            | E::NotADirectory { .. }
+            | E::IsADirectory { .. }
+            | E::TooLarge { .. } => ApiError::bad_request(error.to_string()),
+            E::CheckpointNotFound { .. } => ApiError::not_found(error.to_string()),
+            E::DiskFull { .. } => ApiError::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "disk_full",
+                error.to_string(),
+            ),
+            _ => ApiError::internal(error.to_string()),
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! In-process clusters on loopback: forming, joining, replication,
+//! linearizable reads on every node, failover, equal roots.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use keel_node::admin;
+use keel_node::client::Client;
+use keel_node::config::{MembershipSettings, NodeConfig, RaftSettings};
+use keel_node::node::Node;
+
+struct Member {
+    dir: PathBuf,
+    url: String,
+    node: Node,
+}
+
+fn config(dir: &std::path::Path, listen: std::net::SocketAddr) -> NodeConfig {
+    NodeConfig {
+        data_dir: dir.to_path_buf(),
+        listen,
+        advertise: None,
+        raft: RaftSettings {
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 400,
+            election_timeout_max_ms: 800,
+            ..RaftSettings::default()
+        },
+        membership: MembershipSettings {
+            promote_after_healthy_secs: 1,
+        },
+    }
+}
+
+async fn start(dir: PathBuf, listener: tokio::net::TcpListener) -> Member {
+    let listen = listener.local_addr().unwrap();
+    let node = Node::start(config(&dir, listen)).await.unwrap();
+    tokio::spawn(keel_node::server::serve_on(node.clone(), listener));
+    Member {
+        dir,
+        url: format!("http://{listen}"),
+        node,
+    }
+}
+
+async fn bind() -> (tokio::net::TcpListener, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> F,
+) {
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_replicate_fail_over_and_agree() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let base = tempfile::tempdir().unwrap();
+    let founded = admin::init_cluster(&base.path().join("n1")).unwrap();
+    let (listener, _) = bind().await;
+    let mut members = vec![start(base.path().join("n1"), listener).await];
+    eventually("node 1 ready", Duration::from_secs(20), || {
+        let client = Client::new(&members[0].url);
+        async move { client.ready().await.unwrap_or(false) }
+    })
+    .await;
+    for n in 2..=3 {
+        let dir = base.path().join(format!("n{n}"));
+        let (listener, url) = bind().await;
+        let joined = admin::join_cluster(&dir, &members[0].url, &founded.join_token, &url)
+            .await
+            .unwrap();
+        assert_eq!(joined.node_id, n);
+        members.push(start(dir, listener).await);
+    }
+    let first = Client::new(&members[0].url);
+    eventually("three voters", Duration::from_secs(60), || {
+        let first = first.clone();
+        async move {
+            first.cluster_status().await.is_ok_and(|s| {
+                s.members.len() == 3
+                    && s.members.iter().all(|m| {
+                        m.membership == "voter" && m.status.as_ref().is_some_and(|st| st.ready)
+                    })
+            })
+        }
+    })
+    .await;
+
+    // Writes through every node (followers forward to the leader).
+    for i in 0..60u32 {
+        let client = Client::new(&members[(i % 3) as usize].url);
+        client
+            .put(&format!("app/k{i}"), format!("v{i}"), None)
+            .await
+            .unwrap();
+    }
+    // Linearizable reads on every node see every acknowledged write.
+    for member in &members {
+        let client = Client::new(&member.url);
+        for i in 0..60u32 {
+            let value = client.get(&format!("app/k{i}"), false).await.unwrap();
+            assert_eq!(value.bytes, format!("v{i}").as_bytes());
+        }
+    }
+    // Compare-and-set and a rejected write.
+    let client = Client::new(&members[1].url);
+    let revision = client.get("app/k1", false).await.unwrap().revision;
+    assert!(client
+        .put("app/k1", "swapped", Some(revision))
+        .await
+        .is_ok());
+    let stale = client
+        .put("app/k1", "again", Some(revision))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            stale,
+            keel_node::client::ClientError::Api { status: 412, .. }
+        ),
+        "{stale}"
+    );
+
+    // Stop the leader: another takes over and writes continue.
+    let leader = first.status().await.unwrap().leader.unwrap();
+    let index = members.iter().position(|m| m.node.id() == leader).unwrap();
+    let old = members.remove(index);
+    old.node.shutdown().await.unwrap();
+    let survivor = Client::new(&members[0].url);
+    eventually("a new leader", Duration::from_secs(20), || {
+        let survivor = survivor.clone();
+        async move {
+            survivor
+                .status()
+                .await
+                .is_ok_and(|s| s.leader.is_some_and(|l| l != leader))
+        }
+    })
+    .await;
+    for i in 60..80u32 {
+        survivor
+            .put(&format!("app/k{i}"), format!("v{i}"), None)
+            .await
+            .unwrap();
+    }
+    for member in &members {
+        let client = Client::new(&member.url);
+        assert_eq!(
+            client.get("app/k79", false).await.unwrap().bytes,
+            "v79".as_bytes()
+        );
+    }
+    // Equal roots at equal revisions.
+    eventually("equal roots", Duration::from_secs(10), || {
+        let clients: Vec<Client> = members.iter().map(|m| Client::new(&m.url)).collect();
+        async move {
+            let mut roots = Vec::new();
+            for client in &clients {
+                let status = client.status().await.unwrap();
+                roots.push((status.root_revision, status.root));
+            }
+            roots.windows(2).all(|w| w[0] == w[1]) && roots[0].0 > 0
+        }
+    })
+    .await;
+    for member in members {
+        member.node.shutdown().await.unwrap();
+        let _ = member.dir;
+    }
+}
