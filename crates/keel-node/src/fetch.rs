@@ -305,11 +305,7 @@ impl Fetcher {
 
     /// Asks one peer for a batch; the answer streams through a staging file.
     /// Returns the verified blobs and the hashes the peer did not have.
-    async fn fetch_batch(
-        &self,
-        peer: &str,
-        hashes: &[Hash],
-    ) -> anyhow::Result<(Vec<(Hash, Bytes)>, Vec<Hash>)> {
+    async fn fetch_batch(&self, peer: &str, hashes: &[Hash]) -> anyhow::Result<BatchAnswer> {
         let response = self
             .http
             .post(format!("{}{PATH_BLOBS}", peer.trim_end_matches('/')))
@@ -342,10 +338,7 @@ impl Fetcher {
 }
 
 /// Reads the answer to a batch request, verifying every blob.
-fn parse_blobs(
-    mut reader: impl Read,
-    expected: &[Hash],
-) -> anyhow::Result<(Vec<(Hash, Bytes)>, Vec<Hash>)> {
+fn parse_blobs(mut reader: impl Read, expected: &[Hash]) -> anyhow::Result<BatchAnswer> {
     let mut got = Vec::new();
     let mut missing = Vec::new();
     for hash in expected {
