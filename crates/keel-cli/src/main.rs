@@ -26,8 +26,19 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create a new store in an empty (or missing) directory.
+    /// Create a store and found a cluster with it (see --standalone).
     Init(cmd::init::InitArgs),
+    /// Run a node.
+    Serve(cmd::cluster::ServeArgs),
+    /// Add a new node (empty data directory) to a cluster.
+    Join(cmd::cluster::JoinArgs),
+    /// Remove the node at --endpoint from its cluster.
+    Leave(cmd::cluster::EndpointArg),
+    /// Manage members.
+    #[command(subcommand)]
+    Member(cmd::cluster::MemberCommand),
+    /// Show the cluster: members, roles, progress, readiness, roots.
+    Status(cmd::cluster::EndpointArg),
     /// Read and write keys.
     #[command(subcommand)]
     Kv(cmd::kv::KvCommand),
@@ -48,10 +59,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(matches!(cli.command, Command::Serve(_)));
     let out = Output { json: cli.json };
     let result = match &cli.command {
         Command::Init(args) => cmd::init::run(args, out),
+        Command::Serve(args) => cmd::cluster::serve(args),
+        Command::Join(args) => cmd::cluster::join(args, out),
+        Command::Leave(args) => cmd::cluster::leave(args, out),
+        Command::Member(command) => cmd::cluster::member(command, out),
+        Command::Status(args) => cmd::cluster::status(args, out),
         Command::Kv(command) => cmd::kv::run(command, out),
         Command::Checkpoint(command) => cmd::checkpoint::run(command, out),
         Command::Gc(args) => cmd::gc::run(args, out),
@@ -65,10 +81,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs go to stderr; `KEEL_LOG` sets the filter (default: warnings).
-fn init_logging() {
+/// Logs go to stderr; `KEEL_LOG` sets the filter (default: warnings, and
+/// Keel's own information when serving).
+fn init_logging(serving: bool) {
+    let default = if serving {
+        "info,openraft=error"
+    } else {
+        "warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

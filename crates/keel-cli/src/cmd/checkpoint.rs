@@ -2,7 +2,7 @@
 
 use clap::{Args, Subcommand};
 
-use super::DataDirArg;
+use super::{block_on, DataDirArg, Place, Target};
 use crate::output::{table, Output};
 
 #[derive(Subcommand, Debug)]
@@ -16,7 +16,7 @@ pub enum CheckpointCommand {
 #[derive(Args, Debug)]
 pub struct ListArgs {
     #[command(flatten)]
-    pub target: DataDirArg,
+    pub target: Target,
 }
 
 #[derive(Args, Debug)]
@@ -28,9 +28,14 @@ pub struct CreateArgs {
 pub fn run(command: &CheckpointCommand, out: Output) -> anyhow::Result<()> {
     match command {
         CheckpointCommand::List(args) => {
-            let store = args.target.open_read_only()?;
-            let mut checkpoints = store.checkpoints();
-            checkpoints.reverse();
+            let checkpoints = match args.target.place() {
+                Place::Offline(dir) => {
+                    let mut checkpoints = dir.open_read_only()?.checkpoints();
+                    checkpoints.reverse();
+                    checkpoints
+                }
+                Place::Online(client) => block_on(client.checkpoints())?,
+            };
             out.emit(&checkpoints, || {
                 let rows: Vec<Vec<String>> = checkpoints
                     .iter()

@@ -1,70 +1,183 @@
-//! `keel demo`: a guided tour of a local store (single node for now).
+//! `keel demo`: a local 3-node cluster on loopback, for trying Keel.
+//!
+//! Three `keel serve` processes with data under `./keel-demo/` (replaced on
+//! every run), formed into one cluster; the demo waits until all three are
+//! voters and ready, prints the endpoints, the status and commands to try,
+//! and stops the nodes on Ctrl-C or SIGTERM (and they stop if it dies).
 
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use clap::Args;
-use keel_store::{Store, StoreOptions, Txn};
+use keel_node::client::Client;
 
+use super::block_on;
 use crate::output::{CliError, Output};
+
+const NODES: usize = 3;
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// Marks a directory as made by the demo, so it is safe to replace.
+const MARKER: &str = "KEEL-DEMO";
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
     /// Where the demo keeps its data (replaced on every run).
     #[arg(long, default_value = "keel-demo")]
     pub dir: PathBuf,
+    /// First port; the nodes use this one and the next two.
+    #[arg(long, default_value_t = 7001)]
+    pub port: u16,
+    /// Start, print the status, and stop again (for scripts and tests).
+    #[arg(long)]
+    pub once: bool,
+}
+
+/// The node processes; stopped (SIGTERM, then waited for) when dropped.
+struct Nodes(Vec<Child>);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in &self.0 {
+            // SAFETY: sending a signal to a child process id we own.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        }
+        for child in &mut self.0 {
+            let _ = child.wait();
+        }
+    }
+}
+
+fn prepare(dir: &Path) -> anyhow::Result<()> {
+    if dir.exists() {
+        if !dir.join(MARKER).exists() {
+            return Err(CliError::usage(format!(
+                "{} exists and was not made by `keel demo`; refusing to replace it (use --dir)",
+                dir.display()
+            )));
+        }
+        std::fs::remove_dir_all(dir)?;
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join(MARKER),
+        "made by keel demo; replaced on every run\n",
+    )?;
+    Ok(())
+}
+
+fn spawn_node(keel: &Path, data: &Path, port: u16, log: &Path) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log)?;
+    let mut command = Command::new(keel);
+    command
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--promote-after-secs",
+            "2",
+        ])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: prctl in the child before exec; it only sets a signal to be
+    // delivered when the parent (the demo) dies, so nodes never outlive it.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
+    }
+    Ok(command.spawn()?)
+}
+
+async fn wait_ready(client: &Client, what: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while !client.ready().await.unwrap_or(false) {
+        if started.elapsed() > READY_TIMEOUT {
+            return Err(CliError::failed(format!(
+                "{what} did not become ready within {READY_TIMEOUT:?}; see its log"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
 
 pub fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
-    let dir = args.dir.join("store");
-    if dir.exists() {
-        // Only ever remove a Keel store the demo made.
-        keel_store::datadir::read_identity(&dir)
-            .map_err(|e| CliError::usage(format!("refusing to replace {}: {e}", dir.display())))?;
-        std::fs::remove_dir_all(&dir)?;
-    }
-    let store = Store::init(&dir, StoreOptions::default())?;
-    store.commit(&[Txn::put("apps/web/config", "port=8080\nworkers=4\n")])?;
-    store.commit(&[Txn::put("apps/db/config", "size=large\n")])?;
-    let first = store.checkpoint()?;
-    store.commit(&[Txn::put("apps/web/config", "port=9090\nworkers=8\n")])?;
-    let big: Vec<u8> = (0..8u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+    let keel = std::env::current_exe()?;
+    prepare(&args.dir)?;
+    let urls: Vec<String> = (0..NODES)
+        .map(|i| format!("http://127.0.0.1:{}", args.port + i as u16))
         .collect();
-    store.commit(&[Txn::put("blobs/big", big.clone())])?;
-    let second = store.checkpoint()?;
-    let then = store
-        .at_checkpoint(first.sequence)?
-        .get_value("apps/web/config")?;
-    let now = store.snapshot().get_value("apps/web/config")?;
-    let stats = store.stats();
-    let summary = serde_json::json!({
-        "data_dir": dir,
-        "revision": store.revision(),
-        "checkpoints": [first, second],
-        "apps/web/config at first checkpoint": then.as_deref().map(String::from_utf8_lossy),
-        "apps/web/config now": now.as_deref().map(String::from_utf8_lossy),
-        "pack_bytes": stats.pack_bytes,
-    });
-    store.close()?;
-    let data_dir = dir.display();
-    let keel =
-        std::env::current_exe().map_or_else(|_| "keel".to_string(), |p| p.display().to_string());
-    out.emit(&summary, || {
+    let data = |i: usize| args.dir.join(format!("n{}", i + 1));
+    let log = |i: usize| args.dir.join(format!("n{}.log", i + 1));
+    let founded = keel_node::admin::init_cluster(&data(0))?;
+    let mut nodes = Nodes(vec![spawn_node(&keel, &data(0), args.port, &log(0))?]);
+    let status = block_on(async {
+        wait_ready(&Client::new(&urls[0]), "node 1").await?;
+        for i in 1..NODES {
+            keel_node::admin::join_cluster(&data(i), &urls[0], &founded.join_token, &urls[i])
+                .await?;
+            nodes
+                .0
+                .push(spawn_node(&keel, &data(i), args.port + i as u16, &log(i))?);
+        }
+        let first = Client::new(&urls[0]);
+        let started = Instant::now();
+        loop {
+            let status = first.cluster_status().await?;
+            let all_ready = status.members.len() == NODES
+                && status
+                    .members
+                    .iter()
+                    .all(|m| m.membership == "voter" && m.status.as_ref().is_some_and(|s| s.ready));
+            if all_ready {
+                return Ok::<_, anyhow::Error>(status);
+            }
+            if started.elapsed() > READY_TIMEOUT {
+                return Err(CliError::failed(
+                    "the cluster did not become ready; see the node logs in the demo directory",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })?;
+    let keel = keel.display();
+    out.emit(&serde_json::json!({ "endpoints": urls, "status": status, "join_token": founded.join_token }), || {
         format!(
-            "Keel store demo in {data_dir}\n\
-             wrote 4 commits (revision {rev}), including an 8 MiB value stored as content-defined chunks\n\
-             checkpoint {s1}: apps/web/config = {then:?}\n\
-             checkpoint {s2}: apps/web/config = {now:?}\n\
-             pack: {bytes} bytes in {segments} segment(s)\n\n\
-             Try:\n  {keel} kv ls --data-dir {data_dir} -r -l\n  {keel} kv get --data-dir {data_dir} apps/web/config\n  \
-             {keel} kv get --data-dir {data_dir} apps/web/config --checkpoint {s1}\n  {keel} checkpoint list --data-dir {data_dir}",
-            rev = stats.revision,
-            s1 = first.sequence,
-            s2 = second.sequence,
-            then = then.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
-            now = now.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
-            bytes = stats.pack_bytes,
-            segments = stats.segments,
+            "Keel demo: a 3-node cluster on loopback (data and logs in {dir})\n\n\
+             endpoints:\n  {endpoints}\n\n{status}\n\nTry, in another terminal:\n  \
+             {keel} kv put --endpoint {u1} apps/web/config 'port=8080'\n  \
+             {keel} kv get --endpoint {u2} apps/web/config\n  \
+             {keel} kv ls --endpoint {u3} -r -l\n  \
+             {keel} kv watch --endpoint {u2} apps\n  \
+             {keel} status --endpoint {u1}\n  \
+             curl {u1}/ready\n\n\
+             Press Ctrl-C to stop the cluster.",
+            dir = args.dir.display(),
+            endpoints = urls.join("\n  "),
+            status = super::cluster::render_status(&status),
+            u1 = urls[0],
+            u2 = urls[1],
+            u3 = urls[2],
         )
-    })
+    })?;
+    if args.once {
+        return Ok(());
+    }
+    block_on(async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        eprintln!("keel demo: stopping the cluster");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    drop(nodes);
+    Ok(())
 }

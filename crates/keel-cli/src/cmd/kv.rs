@@ -7,7 +7,7 @@ use base64::Engine;
 use clap::{Args, Subcommand};
 use keel_store::{ItemKind, ListItem, Snapshot, Store, Txn, TxnOutcome};
 
-use super::DataDirArg;
+use super::{block_on, refuse_offline_write_to_member, DataDirArg, Place, Target};
 use crate::output::{table, CliError, Output};
 
 /// Values larger than this are not inlined into JSON output.
@@ -23,12 +23,14 @@ pub enum KvCommand {
     Del(DelArgs),
     /// List a directory.
     Ls(LsArgs),
+    /// Stream changes (online), one line per change.
+    Watch(WatchArgs),
 }
 
 #[derive(Args, Debug)]
 pub struct PutArgs {
     #[command(flatten)]
-    pub target: DataDirArg,
+    pub target: Target,
     /// Key: a `/`-separated path such as `apps/web/config`.
     pub key: String,
     /// The value; `-` reads it from stdin.
@@ -42,17 +44,20 @@ pub struct PutArgs {
 #[derive(Args, Debug)]
 pub struct GetArgs {
     #[command(flatten)]
-    pub target: DataDirArg,
+    pub target: Target,
     pub key: String,
     /// Read from a retained checkpoint instead of the current state.
     #[arg(long, value_name = "SEQ")]
     pub checkpoint: Option<u64>,
+    /// Online: read this node's state without a linearizable read-index round.
+    #[arg(long)]
+    pub stale: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct DelArgs {
     #[command(flatten)]
-    pub target: DataDirArg,
+    pub target: Target,
     pub key: String,
     /// Delete the key and everything below `KEY/`.
     #[arg(long)]
@@ -62,7 +67,7 @@ pub struct DelArgs {
 #[derive(Args, Debug)]
 pub struct LsArgs {
     #[command(flatten)]
-    pub target: DataDirArg,
+    pub target: Target,
     /// Directory to list (default: the root).
     #[arg(default_value = "")]
     pub prefix: String,
@@ -75,14 +80,46 @@ pub struct LsArgs {
     /// List a retained checkpoint instead of the current state.
     #[arg(long, value_name = "SEQ")]
     pub checkpoint: Option<u64>,
+    /// Online: list this node's state without a linearizable read-index round.
+    #[arg(long)]
+    pub stale: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct WatchArgs {
+    /// A node's URL (default: the local node).
+    #[arg(long, env = "KEEL_ENDPOINT", value_name = "URL", default_value = super::DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+    /// Only changes to this key or below it.
+    #[arg(default_value = "")]
+    pub prefix: String,
+    /// Start at this revision (default: the next change).
+    #[arg(long, value_name = "REV")]
+    pub from_revision: Option<u64>,
+    /// Stop after this many events.
+    #[arg(long)]
+    pub count: Option<u64>,
 }
 
 pub fn run(command: &KvCommand, out: Output) -> anyhow::Result<()> {
     match command {
-        KvCommand::Put(args) => put(args, out),
-        KvCommand::Get(args) => get(args, out),
-        KvCommand::Del(args) => del(args, out),
-        KvCommand::Ls(args) => ls(args, out),
+        KvCommand::Put(args) => match args.target.place() {
+            Place::Offline(dir) => put(args, &dir, out),
+            Place::Online(client) => put_online(args, &client, out),
+        },
+        KvCommand::Get(args) => match args.target.place() {
+            Place::Offline(dir) => get(args, &dir, out),
+            Place::Online(client) => get_online(args, &client, out),
+        },
+        KvCommand::Del(args) => match args.target.place() {
+            Place::Offline(dir) => del(args, &dir, out),
+            Place::Online(client) => del_online(args, &client, out),
+        },
+        KvCommand::Ls(args) => match args.target.place() {
+            Place::Offline(dir) => ls(args, &dir, out),
+            Place::Online(client) => ls_online(args, &client, out),
+        },
+        KvCommand::Watch(args) => watch(args, out),
     }
 }
 
@@ -120,8 +157,9 @@ fn commit_one(store: &Store, txn: Txn, key: &str) -> anyhow::Result<WriteResult>
     }
 }
 
-fn put(args: &PutArgs, out: Output) -> anyhow::Result<()> {
-    let store = args.target.open()?;
+fn put(args: &PutArgs, target: &DataDirArg, out: Output) -> anyhow::Result<()> {
+    refuse_offline_write_to_member(&target.data_dir)?;
+    let store = target.open()?;
     let op = match (&args.value, &args.file) {
         (Some(value), None) if value == "-" => {
             let (value, _hold) = store.upload(&mut std::io::stdin().lock())?;
@@ -169,8 +207,8 @@ fn not_found(key: &str, view: &Snapshot) -> anyhow::Error {
     CliError::failed(format!("key not found: {key}{place}"))
 }
 
-fn get(args: &GetArgs, out: Output) -> anyhow::Result<()> {
-    let store = args.target.open_read_only()?;
+fn get(args: &GetArgs, target: &DataDirArg, out: Output) -> anyhow::Result<()> {
+    let store = target.open_read_only()?;
     let view = view(&store, args.checkpoint)?;
     let entry = view
         .get(&args.key)?
@@ -210,8 +248,9 @@ fn get(args: &GetArgs, out: Output) -> anyhow::Result<()> {
     out.emit(&body, String::new)
 }
 
-fn del(args: &DelArgs, out: Output) -> anyhow::Result<()> {
-    let store = args.target.open()?;
+fn del(args: &DelArgs, target: &DataDirArg, out: Output) -> anyhow::Result<()> {
+    refuse_offline_write_to_member(&target.data_dir)?;
+    let store = target.open()?;
     let txn = if args.prefix {
         Txn::delete_prefix(args.key.clone())
     } else {
@@ -250,8 +289,8 @@ fn del(args: &DelArgs, out: Output) -> anyhow::Result<()> {
     })
 }
 
-fn ls(args: &LsArgs, out: Output) -> anyhow::Result<()> {
-    let store = args.target.open_read_only()?;
+fn ls(args: &LsArgs, target: &DataDirArg, out: Output) -> anyhow::Result<()> {
+    let store = target.open_read_only()?;
     let view = view(&store, args.checkpoint)?;
     let items: Vec<ListItem> = if view.is_dir(&args.prefix)? {
         view.list(&args.prefix, args.recursive)?
@@ -272,8 +311,134 @@ fn ls(args: &LsArgs, out: Output) -> anyhow::Result<()> {
             }
         }
     };
+    print_listing(&items, args.long, out)
+}
+
+// ---------------------------------------------------------------- online
+
+/// Reads a value argument, file or stdin into memory (the API takes one body).
+fn value_bytes(args: &PutArgs) -> anyhow::Result<Vec<u8>> {
+    use std::io::Read;
+    match (&args.value, &args.file) {
+        (Some(value), None) if value == "-" => {
+            let mut bytes = Vec::new();
+            std::io::stdin().lock().read_to_end(&mut bytes)?;
+            Ok(bytes)
+        }
+        (Some(value), None) => Ok(value.clone().into_bytes()),
+        (None, Some(path)) => std::fs::read(path)
+            .map_err(|e| CliError::failed(format!("cannot read {}: {e}", path.display()))),
+        _ => Err(CliError::usage(
+            "give exactly one of VALUE, `-` (stdin) or --file PATH",
+        )),
+    }
+}
+
+fn online_error(error: keel_node::client::ClientError) -> anyhow::Error {
+    use keel_node::client::ClientError;
+    match error {
+        ClientError::Unreachable { .. } => {
+            CliError::usage(format!("{error} (is the node running?)"))
+        }
+        ClientError::Api { .. } => CliError::failed(error.to_string()),
+    }
+}
+
+fn put_online(
+    args: &PutArgs,
+    client: &keel_node::client::Client,
+    out: Output,
+) -> anyhow::Result<()> {
+    let value = value_bytes(args)?;
+    let result = block_on(client.put(&args.key, value, None)).map_err(online_error)?;
+    out.emit(&result, || {
+        format!("{} set at revision {}", args.key, result.revision)
+    })
+}
+
+fn get_online(
+    args: &GetArgs,
+    client: &keel_node::client::Client,
+    out: Output,
+) -> anyhow::Result<()> {
+    if args.checkpoint.is_some() {
+        return Err(CliError::usage(
+            "--checkpoint reads a data directory: use --data-dir on a stopped node",
+        ));
+    }
+    if out.json {
+        let value = block_on(client.get_json(&args.key, args.stale)).map_err(online_error)?;
+        return out.emit(&value, String::new);
+    }
+    let value = block_on(client.get(&args.key, args.stale)).map_err(online_error)?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(&value.bytes)?;
+    stdout.flush()?;
+    Ok(())
+}
+
+fn del_online(
+    args: &DelArgs,
+    client: &keel_node::client::Client,
+    out: Output,
+) -> anyhow::Result<()> {
+    let result = block_on(client.delete(&args.key, args.prefix)).map_err(online_error)?;
+    out.emit(&result, || {
+        format!(
+            "deleted {} key(s) at revision {}",
+            result.deleted, result.revision
+        )
+    })
+}
+
+fn ls_online(args: &LsArgs, client: &keel_node::client::Client, out: Output) -> anyhow::Result<()> {
+    if args.checkpoint.is_some() {
+        return Err(CliError::usage(
+            "--checkpoint reads a data directory: use --data-dir on a stopped node",
+        ));
+    }
+    let entries =
+        block_on(client.list(&args.prefix, args.recursive, args.stale)).map_err(online_error)?;
+    let items: Vec<ListItem> = entries
+        .into_iter()
+        .map(|e| ListItem {
+            key: e.key,
+            kind: e.kind,
+            size: e.size,
+            revision: e.revision,
+        })
+        .collect();
+    print_listing(&items, args.long, out)
+}
+
+fn watch(args: &WatchArgs, out: Output) -> anyhow::Result<()> {
+    let client = keel_node::client::Client::new(&args.endpoint);
+    let mut seen = 0u64;
+    block_on(client.watch(&args.prefix, args.from_revision, |event| {
+        if out.json {
+            println!("{event}");
+        } else {
+            let value = event["value"]
+                .as_str()
+                .map(|v| format!(" = {v:?}"))
+                .unwrap_or_default();
+            println!(
+                "{} {} {}{}",
+                event["revision"],
+                event["kind"].as_str().unwrap_or("?"),
+                event["key"].as_str().unwrap_or(""),
+                value
+            );
+        }
+        seen += 1;
+        args.count.is_none_or(|count| seen < count)
+    }))
+    .map_err(online_error)
+}
+
+fn print_listing(items: &[ListItem], long: bool, out: Output) -> anyhow::Result<()> {
     out.emit(&items, || {
-        if args.long {
+        if long {
             let rows: Vec<Vec<String>> = items
                 .iter()
                 .map(|i| {

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod cluster;
 pub mod debug;
 pub mod demo;
 pub mod gc;
@@ -31,4 +32,64 @@ impl DataDirArg {
     pub fn open_read_only(&self) -> anyhow::Result<Store> {
         Ok(Store::open_read_only(&self.data_dir)?)
     }
+}
+
+/// The endpoint online commands use when none is given: the local node.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7001";
+
+/// Where a command acts: a data directory (offline) or a node (online).
+#[derive(Args, Clone, Debug)]
+pub struct Target {
+    /// Data directory (offline: a stopped node's data).
+    #[arg(
+        long,
+        env = "KEEL_DATA_DIR",
+        value_name = "DIR",
+        conflicts_with = "endpoint"
+    )]
+    pub data_dir: Option<PathBuf>,
+    /// A node's URL (online; default: the local node, http://127.0.0.1:7001).
+    #[arg(long, env = "KEEL_ENDPOINT", value_name = "URL")]
+    pub endpoint: Option<String>,
+}
+
+/// A resolved target.
+pub enum Place {
+    Offline(DataDirArg),
+    Online(keel_node::client::Client),
+}
+
+impl Target {
+    pub fn place(&self) -> Place {
+        match &self.data_dir {
+            Some(dir) => Place::Offline(DataDirArg {
+                data_dir: dir.clone(),
+            }),
+            None => Place::Online(keel_node::client::Client::new(
+                self.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT),
+            )),
+        }
+    }
+}
+
+/// Offline writes to a node that has served as a cluster member would make
+/// it diverge from its peers: refuse them.
+pub fn refuse_offline_write_to_member(dir: &std::path::Path) -> anyhow::Result<()> {
+    if dir.join("raft").exists() && keel_node::identity::NodeIdentity::exists(dir) {
+        return Err(crate::output::CliError::usage(format!(
+            "{} belongs to a cluster member that has served; an offline write would make it diverge \
+             from its peers. Write through the cluster with --endpoint URL instead",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Runs a future on a fresh runtime (online commands).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts")
+        .block_on(future)
 }

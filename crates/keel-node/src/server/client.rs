@@ -312,8 +312,15 @@ pub async fn watch(
         .map_err(|e| ApiError::new(StatusCode::GONE, "compacted", e.to_string()))?;
     let line = |event: &ChangeEvent| {
         let mut json = serde_json::to_value(event).unwrap_or_default();
-        if let Some(value) = &event.value {
-            json["value"] = serde_json::to_value(JsonValue::from_bytes(value)).unwrap_or_default();
+        if let (Some(object), Some(value)) = (json.as_object_mut(), &event.value) {
+            object.remove("value");
+            let value = JsonValue::from_bytes(value);
+            if let Some(text) = value.value {
+                object.insert("value".into(), text.into());
+            }
+            if let Some(encoded) = value.value_base64 {
+                object.insert("value_base64".into(), encoded.into());
+            }
         }
         Bytes::from(format!("{json}\n"))
     };

@@ -31,8 +31,18 @@ pub async fn status(State(node): State<Node>) -> Json<NodeStatus> {
     Json(node.status())
 }
 
-pub async fn cluster_status(State(node): State<Node>) -> Json<ClusterStatus> {
-    Json(node.cluster_status().await)
+/// Answered by the leader when one is known (it alone sees replication
+/// progress and contact times), else by this node.
+pub async fn cluster_status(State(node): State<Node>) -> Response {
+    if !node.is_leader() && node.routing().remote_leader().is_some() {
+        if let Ok(response) = forward(&node, reqwest::Method::GET, "/v1/cluster/status", None).await
+        {
+            if response.status().is_success() {
+                return response;
+            }
+        }
+    }
+    Json::<ClusterStatus>(node.cluster_status().await).into_response()
 }
 
 /// Membership changes run on the leader; any node forwards them there.

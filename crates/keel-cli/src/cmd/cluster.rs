@@ -1,0 +1,242 @@
+//! `keel serve`, `keel join`, `keel leave`, `keel member`, `keel status`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use keel_node::api::ClusterStatus;
+use keel_node::client::Client;
+use keel_node::config::NodeConfig;
+use keel_node::node::Node;
+
+use super::{block_on, DEFAULT_ENDPOINT};
+use crate::output::{table, CliError, Output};
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Data directory of this node (created by `keel init` or `keel join`).
+    #[arg(long, env = "KEEL_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML configuration file (flags override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on (default 127.0.0.1:7001).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// URL peers and clients use to reach this node (default: http://<listen>).
+    #[arg(long, value_name = "URL")]
+    pub advertise: Option<String>,
+    /// Seconds a learner must be caught up before it becomes a voter.
+    #[arg(long, value_name = "SECS")]
+    pub promote_after_secs: Option<u64>,
+}
+
+impl ServeArgs {
+    fn config(&self) -> anyhow::Result<NodeConfig> {
+        let mut config = match &self.config {
+            Some(path) => NodeConfig::load(path)?,
+            None => NodeConfig::default(),
+        };
+        if let Some(dir) = &self.data_dir {
+            config.data_dir = dir.clone();
+        } else if self.config.is_none() {
+            return Err(CliError::usage(
+                "give --data-dir DIR (or a --config file that names data_dir)",
+            ));
+        }
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(advertise) = &self.advertise {
+            config.advertise = Some(advertise.clone());
+        }
+        if let Some(secs) = self.promote_after_secs {
+            config.membership.promote_after_healthy_secs = secs;
+        }
+        Ok(config)
+    }
+}
+
+/// Runs a node until SIGTERM or SIGINT, then shuts down gracefully.
+pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| CliError::usage(format!("cannot listen on {}: {e}", config.listen)))?;
+        let node = Node::start(config.clone())
+            .await
+            .map_err(|e| CliError::usage(format!("{e:#}")))?;
+        tracing::info!(node = node.id(), listen = %config.listen, advertise = %config.advertise_url(), "serving");
+        eprintln!(
+            "keel: node {} of cluster {} serving at {}",
+            node.id(),
+            node.cluster_id(),
+            config.advertise_url()
+        );
+        let server = tokio::spawn(keel_node::server::serve_on(node.clone(), listener));
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+            result = server => {
+                return match result {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(error)) => Err(error),
+                    Err(error) => Err(error.into()),
+                };
+            }
+        }
+        eprintln!("keel: shutting down node {}", node.id());
+        node.shutdown().await
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// Data directory of the new node (missing or empty).
+    #[arg(long, env = "KEEL_DATA_DIR", value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Any member of the cluster to join.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: String,
+    /// The cluster's join token (printed by `keel init`).
+    #[arg(long, env = "KEEL_JOIN_TOKEN")]
+    pub token: String,
+    /// Address the new node will listen on (default 127.0.0.1:7001).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7001")]
+    pub listen: SocketAddr,
+    /// URL the new node will be reached at (default: http://<listen>).
+    #[arg(long, value_name = "URL")]
+    pub advertise: Option<String>,
+}
+
+pub fn join(args: &JoinArgs, out: Output) -> anyhow::Result<()> {
+    let advertise = args
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", args.listen));
+    let answer = block_on(keel_node::admin::join_cluster(
+        &args.data_dir,
+        &args.endpoint,
+        &args.token,
+        &advertise,
+    ))?;
+    out.emit(&answer, || {
+        let mut text = format!(
+            "joined cluster {} as node {} (a learner until it has caught up)\nstart it with: keel serve --data-dir {} --listen {}",
+            answer.cluster_id,
+            answer.node_id,
+            args.data_dir.display(),
+            args.listen
+        );
+        if !answer.replaced.is_empty() {
+            text.push_str(&format!("\nreplaced members at the same address: {:?}", answer.replaced));
+        }
+        text
+    })
+}
+
+#[derive(Args, Debug)]
+pub struct EndpointArg {
+    /// A node's URL (default: the local node).
+    #[arg(long, env = "KEEL_ENDPOINT", value_name = "URL", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+}
+
+/// Removes the node at `--endpoint` from its cluster.
+pub fn leave(args: &EndpointArg, out: Output) -> anyhow::Result<()> {
+    let client = Client::new(&args.endpoint);
+    let answer = block_on(async {
+        let id = client.status().await?.node_id;
+        client.remove_member(id).await.map(|_| id)
+    })?;
+    out.emit(&serde_json::json!({ "left": answer }), || {
+        format!("node {answer} left the cluster; stop it now (it no longer takes part)")
+    })
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MemberCommand {
+    /// Remove a member by id (e.g. a node that is gone for good).
+    Remove {
+        id: u64,
+        #[command(flatten)]
+        target: EndpointArg,
+    },
+}
+
+pub fn member(command: &MemberCommand, out: Output) -> anyhow::Result<()> {
+    match command {
+        MemberCommand::Remove { id, target } => {
+            let answer = block_on(Client::new(&target.endpoint).remove_member(*id))?;
+            out.emit(&answer, || format!("removed node {id}"))
+        }
+    }
+}
+
+pub fn status(args: &EndpointArg, out: Output) -> anyhow::Result<()> {
+    let status = block_on(Client::new(&args.endpoint).cluster_status())?;
+    out.emit(&status, || render_status(&status))
+}
+
+/// The cluster status as a table.
+pub fn render_status(status: &ClusterStatus) -> String {
+    let rows: Vec<Vec<String>> = status
+        .members
+        .iter()
+        .map(|m| {
+            let s = m.status.as_ref();
+            let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+            vec![
+                m.node_id.to_string(),
+                m.addr.clone(),
+                s.map_or_else(
+                    || format!("down ({})", m.error.clone().unwrap_or_default()),
+                    |s| s.role.clone(),
+                ),
+                m.membership.clone(),
+                s.map_or("-".into(), |s| s.term.to_string()),
+                opt(s.and_then(|s| s.last_log_index)),
+                opt(s.and_then(|s| s.committed_index)),
+                opt(s.and_then(|s| s.applied_index)),
+                opt(m.lag),
+                m.last_contact_ms.map_or("-".into(), |ms| format!("{ms}ms")),
+                s.map_or("no".into(), |s| {
+                    if s.ready {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    }
+                }),
+                s.map_or("-".into(), |s| s.root_revision.to_string()),
+                s.and_then(|s| s.root.as_ref())
+                    .map_or("-".into(), |r| r.chars().take(19).collect()),
+            ]
+        })
+        .collect();
+    format!(
+        "cluster {}  leader {}\n{}",
+        status.cluster_id,
+        status.leader.map_or("none".into(), |l| l.to_string()),
+        table(
+            &[
+                "ID",
+                "ADDRESS",
+                "ROLE",
+                "MEMBER",
+                "TERM",
+                "LAST LOG",
+                "COMMITTED",
+                "APPLIED",
+                "LAG",
+                "CONTACT",
+                "READY",
+                "ROOT REV",
+                "ROOT"
+            ],
+            &rows
+        )
+    )
+}
