@@ -48,6 +48,11 @@ pub(crate) struct Inner {
     pub started: Instant,
     /// Milliseconds since `started` when the leader last sent entries or a heartbeat.
     pub last_leader_contact: AtomicU64,
+    /// Set when start-up cut damage from the Raft log: entries this node
+    /// may have acknowledged are gone, so it must not help elect a leader
+    /// that lacks them. It abstains from votes until a leader has caught it
+    /// up, or until this deadline (so several damaged nodes cannot deadlock).
+    abstain_until: Option<Instant>,
     healthy_since: Mutex<HashMap<NodeId, Instant>>,
     shutdown: watch::Sender<bool>,
 }
@@ -78,7 +83,23 @@ impl Node {
             ..StoreOptions::default()
         };
         let dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&dir, options)).await??;
+        let store = match tokio::task::spawn_blocking(move || Store::open(&dir, options)).await? {
+            Ok(store) => store,
+            Err(
+                keel_store::StoreError::NoDataDir { path }
+                | keel_store::StoreError::NotInitialised { path },
+            ) => {
+                anyhow::bail!(
+                    "data directory {} is missing or empty. If this node was a member, its data is gone \
+                     (wiped, or the volume is not mounted): it will not start under its old id. Mount the \
+                     volume and retry, or rejoin as a new member with `keel join --data-dir {} --endpoint URL \
+                     --token TOKEN`; to found a new cluster, run `keel init`",
+                    path.display(),
+                    path.display()
+                )
+            }
+            Err(error) => return Err(error.into()),
+        };
         let identity = NodeIdentity::load(&config.data_dir, &store.identity().store_id)?;
         let fence = Fence::new(&config.data_dir)?;
         let (log, recovery) = LogStore::open(
@@ -86,12 +107,16 @@ impl Node {
             &config.data_dir.join(keel_store::datadir::STAGING_DIR),
             fence.clone(),
         )?;
-        if recovery.truncated_bytes > 0 || recovery.committed_clamped {
+        let damaged = recovery.truncated_bytes > 0 || recovery.committed_clamped;
+        if damaged {
             tracing::warn!(
                 ?recovery,
-                "Raft log recovered from damage; catching up from peers"
+                "Raft log recovered from damage; abstaining from elections until caught up"
             );
         }
+        let abstain_until = damaged.then(|| {
+            Instant::now() + 4 * Duration::from_millis(config.raft.election_timeout_max_ms)
+        });
         let sm = StateMachine::new(store.clone())?;
         let http = http_client();
         let contacts: Contacts = Arc::new(Mutex::new(HashMap::new()));
@@ -127,6 +152,7 @@ impl Node {
                 http,
                 started: Instant::now(),
                 last_leader_contact: AtomicU64::new(0),
+                abstain_until,
                 healthy_since: Mutex::new(HashMap::new()),
                 shutdown: watch::channel(false).0,
             }),
@@ -162,6 +188,14 @@ impl Node {
         self.inner
             .last_leader_contact
             .store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether this node must not vote now (see `abstain_until`).
+    pub(crate) fn abstains_from_votes(&self) -> bool {
+        let heard_from_leader = self.inner.last_leader_contact.load(Ordering::Relaxed) > 0;
+        self.inner
+            .abstain_until
+            .is_some_and(|until| !heard_from_leader && Instant::now() < until)
     }
 
     /// A receiver that turns true when the node shuts down.

@@ -80,6 +80,18 @@ impl StateMachine {
                 })?,
             _ => AppliedMeta::default(),
         };
+        // A snapshot must cover what is applied: Raft purges its log up to
+        // the applied position when the log ends before it (after damage was
+        // cut from the log), and a purge may never pass the snapshot.
+        let covered = store
+            .checkpoints()
+            .last()
+            .and_then(|c| decode::<AppliedMeta>(&c.meta).ok())
+            .and_then(|m| m.last_applied);
+        if applied.last_applied > covered {
+            store.flush(Durability::Sync, Some(encode(&applied)))?;
+            store.checkpoint()?;
+        }
         let events = EventHub::new(store.revision());
         Ok(StateMachine {
             inner: Arc::new(Inner {

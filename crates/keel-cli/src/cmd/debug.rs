@@ -11,6 +11,102 @@ use super::DataDirArg;
 pub enum DebugCommand {
     /// Commit in a loop, printing each acknowledged commit (for crash tests).
     CommitLoop(CommitLoopArgs),
+    /// Write pseudo-random values into an offline store (test data).
+    Fill(FillArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct FillArgs {
+    #[command(flatten)]
+    pub target: DataDirArg,
+    /// Total bytes to write (e.g. 1GiB).
+    #[arg(long, value_parser = parse_bytes)]
+    pub bytes: u64,
+    /// Size of each value.
+    #[arg(long, value_parser = parse_bytes, default_value = "8MiB")]
+    pub value_size: u64,
+    /// Keys are `<prefix>/v<N>`.
+    #[arg(long, default_value = "fill")]
+    pub prefix: String,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("not a size: {text:?}"))?;
+    let unit = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} (use B, KiB, MiB or GiB)")),
+    };
+    Ok(number * unit)
+}
+
+/// A deterministic pseudo-random byte stream (xorshift), read size invariant.
+struct Noise {
+    state: u64,
+    word: [u8; 8],
+    used: usize,
+    remaining: u64,
+}
+
+impl std::io::Read for Noise {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = (buf.len() as u64).min(self.remaining) as usize;
+        for byte in &mut buf[..n] {
+            if self.used == 8 {
+                self.state ^= self.state << 13;
+                self.state ^= self.state >> 7;
+                self.state ^= self.state << 17;
+                self.word = self.state.to_le_bytes();
+                self.used = 0;
+            }
+            *byte = self.word[self.used];
+            self.used += 1;
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// A distinct, non-zero xorshift state per value.
+fn value_seed(seed: u64, n: u64) -> u64 {
+    let mut input = [0u8; 16];
+    input[..8].copy_from_slice(&seed.to_le_bytes());
+    input[8..].copy_from_slice(&n.to_le_bytes());
+    let hash = blake3::hash(&input);
+    u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes")) | 1
+}
+
+fn fill(args: &FillArgs) -> anyhow::Result<()> {
+    super::refuse_offline_write_to_member(&args.target.data_dir)?;
+    let store = args.target.open()?;
+    let values = args.bytes.div_ceil(args.value_size.max(1));
+    for n in 0..values {
+        let mut noise = Noise {
+            state: value_seed(args.seed, n),
+            word: [0; 8],
+            used: 8,
+            remaining: args.value_size,
+        };
+        let (value, _hold) = store.upload(&mut noise)?;
+        let op = value.into_op(format!("{}/v{n}", args.prefix));
+        store.commit(&[Txn {
+            compare: Vec::new(),
+            ops: vec![op],
+        }])?;
+    }
+    store.checkpoint()?;
+    Ok(store.close()?)
 }
 
 #[derive(Args, Debug)]
@@ -37,6 +133,7 @@ pub struct CommitLoopArgs {
 pub fn run(command: &DebugCommand) -> anyhow::Result<()> {
     match command {
         DebugCommand::CommitLoop(args) => commit_loop(args),
+        DebugCommand::Fill(args) => fill(args),
     }
 }
 

@@ -62,6 +62,13 @@ pub async fn vote(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> 
         Ok(request) => request,
         Err(response) => return response,
     };
+    if node.abstains_from_votes() {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this node cut damage from its Raft log and abstains from elections until caught up"
+                .into(),
+        );
+    }
     binary(encode(&node.raft().vote(request).await))
 }
 
