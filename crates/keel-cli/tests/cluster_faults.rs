@@ -6,7 +6,7 @@ mod harness;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use harness::{eventually, keel, Cluster, READY_TIMEOUT};
@@ -15,9 +15,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// One cluster at a time: three processes already fill two cores.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
 }
 
 type Acked = Arc<Mutex<BTreeMap<String, String>>>;
@@ -82,7 +82,7 @@ async fn verify_acked(client: &Client, acked: &BTreeMap<String, String>, context
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_nine_random_nodes_under_write_load_loses_nothing_acknowledged() {
-    let _serial = serial();
+    let _serial = serial().await;
     let seed = harness::seed("kill-9 under load");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut cluster = Cluster::three().await;
@@ -133,7 +133,7 @@ async fn kill_nine_random_nodes_under_write_load_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn whole_cluster_power_loss_serves_again_with_no_operator() {
     // Kura: every replica restarted at once, and none could bootstrap.
-    let _serial = serial();
+    let _serial = serial().await;
     let seed = harness::seed("kill all, restart all");
     let mut cluster = Cluster::three().await;
     let urls: Vec<String> = cluster.members.iter().map(|m| m.url()).collect();
@@ -177,7 +177,7 @@ async fn whole_cluster_power_loss_serves_again_with_no_operator() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn torn_raft_log_tail_starts_and_catches_up() {
     // PySyncObj: a commit index past the end of the journal deadlocked start-up.
-    let _serial = serial();
+    let _serial = serial().await;
     let seed = harness::seed("torn Raft log");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut cluster = Cluster::three().await;
@@ -262,7 +262,7 @@ async fn torn_raft_log_tail_starts_and_catches_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn wiped_node_refuses_its_old_id_and_rejoins_as_a_new_member() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut cluster = Cluster::three().await;
     let client = cluster.members[0].client();
     for i in 0..50 {
@@ -354,7 +354,7 @@ async fn wiped_node_refuses_its_old_id_and_rejoins_as_a_new_member() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn data_directory_vanishing_while_running_stops_acknowledgements() {
-    let _serial = serial();
+    let _serial = serial().await;
     let mut cluster = Cluster::three().await;
     let leader = cluster.leader().await.unwrap();
     let victim = (leader + 1) % 3;
@@ -405,7 +405,7 @@ async fn data_directory_vanishing_while_running_stops_acknowledgements() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn joining_a_cluster_with_a_gib_of_data_resumes_after_a_kill_without_leaks() {
-    let _serial = serial();
+    let _serial = serial().await;
     const BYTES: u64 = 1 << 30;
     let mut cluster = Cluster::found(|dir| {
         let status = keel()
