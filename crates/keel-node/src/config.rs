@@ -12,6 +12,10 @@
 //!
 //! [membership]
 //! promote_after_healthy_secs = 10      # a learner becomes a voter after this long caught up
+//!
+//! [primary]
+//! heartbeat_ms = 1000                  # nodes heartbeat each other this often
+//! dead_after_ms = 4000                 # a node not heard from this long is dead
 //! ```
 
 use std::net::SocketAddr;
@@ -61,6 +65,46 @@ impl Default for MembershipSettings {
     }
 }
 
+/// Primary election: liveness and the lease of a primary.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrimarySettings {
+    /// Nodes heartbeat each other this often.
+    pub heartbeat_ms: u64,
+    /// A node not heard from for this long is dead.
+    pub dead_after_ms: u64,
+}
+
+impl Default for PrimarySettings {
+    fn default() -> PrimarySettings {
+        PrimarySettings {
+            heartbeat_ms: 1000,
+            dead_after_ms: 4000,
+        }
+    }
+}
+
+impl PrimarySettings {
+    /// How long a primary keeps the role without confirming it through a
+    /// quorum: one heartbeat less than `dead_after`, so it steps down before
+    /// any other node can be elected.
+    pub fn lease(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.dead_after_ms.saturating_sub(self.heartbeat_ms))
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.heartbeat_ms >= 50,
+            "primary.heartbeat_ms must be at least 50"
+        );
+        anyhow::ensure!(
+            self.dead_after_ms >= 2 * self.heartbeat_ms,
+            "primary.dead_after_ms must be at least twice primary.heartbeat_ms (the primary's lease is the difference)"
+        );
+        Ok(())
+    }
+}
+
 /// Everything a node needs to run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -71,6 +115,7 @@ pub struct NodeConfig {
     pub advertise: Option<String>,
     pub raft: RaftSettings,
     pub membership: MembershipSettings,
+    pub primary: PrimarySettings,
 }
 
 impl Default for NodeConfig {
@@ -81,6 +126,7 @@ impl Default for NodeConfig {
             advertise: None,
             raft: RaftSettings::default(),
             membership: MembershipSettings::default(),
+            primary: PrimarySettings::default(),
         }
     }
 }

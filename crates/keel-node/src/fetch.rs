@@ -81,15 +81,22 @@ pub struct Fetcher {
     store: Store,
     http: reqwest::Client,
     cluster_id: Arc<String>,
+    faults: crate::faults::Faults,
     jobs: Arc<Mutex<HashMap<Hash, Arc<Job>>>>,
 }
 
 impl Fetcher {
-    pub fn new(store: Store, http: reqwest::Client, cluster_id: String) -> Fetcher {
+    pub fn new(
+        store: Store,
+        http: reqwest::Client,
+        cluster_id: String,
+        faults: crate::faults::Faults,
+    ) -> Fetcher {
         Fetcher {
             store,
             http,
             cluster_id: Arc::new(cluster_id),
+            faults,
             jobs: Arc::new(Mutex::new(HashMap::new())),
         }
     }
@@ -306,6 +313,7 @@ impl Fetcher {
     /// Asks one peer for a batch; the answer streams through a staging file.
     /// Returns the verified blobs and the hashes the peer did not have.
     async fn fetch_batch(&self, peer: &str, hashes: &[Hash]) -> anyhow::Result<BatchAnswer> {
+        anyhow::ensure!(!self.faults.isolated(), "cut off by fault injection");
         let response = self
             .http
             .post(format!("{}{PATH_BLOBS}", peer.trim_end_matches('/')))

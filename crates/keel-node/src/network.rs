@@ -23,10 +23,13 @@ use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::faults::Faults;
 use crate::types::{decode, encode, NodeId, NodeInfo, TypeConfig};
 
 /// Header naming the cluster a request belongs to.
 pub const CLUSTER_HEADER: &str = "keel-cluster";
+/// Header naming the node that sent a request.
+pub const NODE_HEADER: &str = "keel-node";
 pub const PATH_APPEND: &str = "/raft/append";
 pub const PATH_VOTE: &str = "/raft/vote";
 pub const PATH_SNAPSHOT: &str = "/raft/snapshot";
@@ -41,15 +44,25 @@ pub type Contacts = Arc<Mutex<HashMap<NodeId, Instant>>>;
 pub struct Network {
     http: reqwest::Client,
     cluster_id: Arc<String>,
+    node_id: NodeId,
     contacts: Contacts,
+    faults: Faults,
 }
 
 impl Network {
-    pub fn new(http: reqwest::Client, cluster_id: String, contacts: Contacts) -> Network {
+    pub fn new(
+        http: reqwest::Client,
+        cluster_id: String,
+        node_id: NodeId,
+        contacts: Contacts,
+        faults: Faults,
+    ) -> Network {
         Network {
             http,
             cluster_id: Arc::new(cluster_id),
+            node_id,
             contacts,
+            faults,
         }
     }
 }
@@ -86,11 +99,18 @@ impl Connection {
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, Failure> {
+        if self.network.faults.isolated() {
+            return Err(Failure::Unreachable(format!(
+                "node {}: cut off by fault injection",
+                self.target
+            )));
+        }
         let response = self
             .network
             .http
             .post(format!("{}{path}", self.url))
             .header(CLUSTER_HEADER, self.network.cluster_id.as_str())
+            .header(NODE_HEADER, self.network.node_id)
             .timeout(timeout)
             .body(encode(request))
             .send()

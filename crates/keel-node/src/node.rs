@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     pub contacts: Contacts,
     pub http: reqwest::Client,
     pub started: Instant,
+    pub primary: crate::primary::PrimaryState,
+    pub faults: crate::faults::Faults,
     /// Milliseconds since `started` when the leader last sent entries or a heartbeat.
     pub last_leader_contact: AtomicU64,
     /// Set when start-up cut damage from the Raft log: entries this node
@@ -118,9 +120,17 @@ impl Node {
             Instant::now() + 4 * Duration::from_millis(config.raft.election_timeout_max_ms)
         });
         let sm = StateMachine::new(store.clone())?;
+        config.primary.validate()?;
+        let faults = crate::faults::Faults::from_env();
         let http = http_client();
         let contacts: Contacts = Arc::new(Mutex::new(HashMap::new()));
-        let network = Network::new(http.clone(), identity.cluster_id.clone(), contacts.clone());
+        let network = Network::new(
+            http.clone(),
+            identity.cluster_id.clone(),
+            identity.node_id,
+            contacts.clone(),
+            faults.clone(),
+        );
         let raft_config = Arc::new(config.raft_config()?);
         let raft = Raft::new(
             identity.node_id,
@@ -134,12 +144,21 @@ impl Node {
             raft: raft.clone(),
             http: http.clone(),
             cluster_id: Arc::new(identity.cluster_id.clone()),
+            node_id: identity.node_id,
+            faults: faults.clone(),
         };
         let node = Node {
             inner: Arc::new(Inner {
                 proposer: Proposer::start(routing.clone()),
                 reads: ReadBarrier::start(routing.clone()),
-                fetcher: Fetcher::new(store.clone(), http.clone(), identity.cluster_id.clone()),
+                fetcher: Fetcher::new(
+                    store.clone(),
+                    http.clone(),
+                    identity.cluster_id.clone(),
+                    faults.clone(),
+                ),
+                primary: crate::primary::PrimaryState::new(config.primary.clone()),
+                faults,
                 routing,
                 config,
                 identity,
@@ -159,6 +178,7 @@ impl Node {
         };
         node.bootstrap_if_founder().await?;
         node.spawn_background_tasks();
+        node.spawn_primary_tasks();
         Ok(node)
     }
 
@@ -319,6 +339,11 @@ impl Node {
     /// Waits until a local read is linearizable.
     pub async fn read_barrier(&self) -> Result<(), crate::proposer::ProposeError> {
         self.inner.reads.wait().await
+    }
+
+    /// Test-only fault switches (see [`crate::faults`]).
+    pub fn faults(&self) -> &crate::faults::Faults {
+        &self.inner.faults
     }
 
     pub fn fetcher(&self) -> &Fetcher {

@@ -58,6 +58,8 @@ pub struct Routing {
     pub raft: Raft,
     pub http: reqwest::Client,
     pub cluster_id: Arc<String>,
+    pub node_id: NodeId,
+    pub faults: crate::faults::Faults,
 }
 
 impl Routing {
@@ -86,10 +88,14 @@ impl Routing {
             leader: leader.addr.clone(),
             reason,
         };
+        if self.faults.isolated() {
+            return Err(forward_error("cut off by fault injection".into()));
+        }
         let response = self
             .http
             .post(format!("{}{path}", leader.addr.trim_end_matches('/')))
             .header(CLUSTER_HEADER, self.cluster_id.as_str())
+            .header(crate::network::NODE_HEADER, self.node_id)
             .timeout(WRITE_TIMEOUT)
             .body(encode(request))
             .send()

@@ -23,6 +23,7 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use parking_lot::Mutex;
 
+use crate::primary::rules::{GroupConfig, GroupState, DEFAULT_GROUP};
 use crate::types::{
     decode, encode, AppliedMeta, Entry, LogId, Request, Response, SnapshotManifest, SnapshotMeta,
     StorageError, StoredMembership, TypeConfig,
@@ -38,6 +39,12 @@ pub const RESERVED_PREFIX: &str = ".keel";
 const NEXT_NODE_ID_KEY: &str = ".keel/cluster/next-node-id";
 const CLUSTER_ID_KEY: &str = ".keel/cluster/id";
 const TOKEN_HASH_KEY: &str = ".keel/cluster/join-token-hash";
+const GROUPS_DIR: &str = ".keel/groups";
+
+fn group_key(group: &str, what: &str) -> String {
+    format!("{GROUPS_DIR}/{group}/{what}")
+}
+
 /// The founding node is 1; joiners get ids from 2 on.
 const FIRST_JOINER_ID: u64 = 2;
 
@@ -162,6 +169,39 @@ impl StateMachine {
             .is_some_and(|hash| hash == blake3::hash(token.as_bytes()).to_hex().to_string())
     }
 
+    fn read_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
+        let value = self.inner.store.snapshot().get_value(key).ok().flatten()?;
+        serde_json::from_slice(&value).ok()
+    }
+
+    /// A group's configuration and state (defaults when never set).
+    pub fn group(&self, group: &str) -> (GroupConfig, GroupState) {
+        (
+            self.read_json(&group_key(group, "config"))
+                .unwrap_or_default(),
+            self.read_json(&group_key(group, "state"))
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Every group with a configuration or a state, plus the default group.
+    pub fn groups(&self) -> Vec<String> {
+        let mut groups: Vec<String> = self
+            .inner
+            .store
+            .snapshot()
+            .list(GROUPS_DIR, false)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|item| item.key.rsplit('/').next().map(str::to_string))
+            .collect();
+        if !groups.iter().any(|g| g == DEFAULT_GROUP) {
+            groups.push(DEFAULT_GROUP.to_string());
+        }
+        groups.sort();
+        groups
+    }
+
     fn read_reserved(&self, key: &str) -> Option<String> {
         let value = self.inner.store.snapshot().get_value(key).ok().flatten()?;
         String::from_utf8(value.to_vec()).ok()
@@ -189,6 +229,39 @@ impl StateMachine {
                     .apply(&[Txn::put(NEXT_NODE_ID_KEY, (next + 1).to_string())])
                     .map_err(|e| sm_error(ErrorVerb::Write, e))?;
                 Ok(Response::NodeId(next))
+            }
+            Request::SetGroupConfig { group, config } => {
+                let json = serde_json::to_vec(&config).expect("group config serializes");
+                store
+                    .apply(&[Txn::put(group_key(&group, "config"), json)])
+                    .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+                Ok(Response::None)
+            }
+            Request::SetPrimary {
+                group,
+                expected_term,
+                primary,
+                at_ms,
+                reason,
+            } => {
+                let mut state: GroupState = self
+                    .read_json(&group_key(&group, "state"))
+                    .unwrap_or_default();
+                if state.term != expected_term {
+                    return Ok(Response::Primary {
+                        applied: false,
+                        term: state.term,
+                    });
+                }
+                state.apply(primary, at_ms, reason);
+                let json = serde_json::to_vec(&state).expect("group state serializes");
+                store
+                    .apply(&[Txn::put(group_key(&group, "state"), json)])
+                    .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+                Ok(Response::Primary {
+                    applied: true,
+                    term: state.term,
+                })
             }
             Request::SetClusterMeta {
                 cluster_id,

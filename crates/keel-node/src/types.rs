@@ -34,6 +34,20 @@ pub enum Request {
         cluster_id: String,
         token_hash: String,
     },
+    /// Configure a primary-election group.
+    SetGroupConfig {
+        group: String,
+        config: crate::primary::rules::GroupConfig,
+    },
+    /// Change a group's primary, if its term is still `expected_term` (so two
+    /// deciders cannot both apply a decision); the term then grows by one.
+    SetPrimary {
+        group: String,
+        expected_term: u64,
+        primary: Option<NodeId>,
+        at_ms: u64,
+        reason: String,
+    },
 }
 
 /// What applying an entry produced (only the leader's reaches the client).
@@ -43,6 +57,11 @@ pub enum Response {
     None,
     Txns(Vec<TxnOutcome>),
     NodeId(NodeId),
+    /// Whether a `SetPrimary` applied, and the group's term afterwards.
+    Primary {
+        applied: bool,
+        term: u64,
+    },
 }
 
 openraft::declare_raft_types!(

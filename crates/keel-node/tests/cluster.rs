@@ -29,6 +29,7 @@ fn config(dir: &std::path::Path, listen: std::net::SocketAddr) -> NodeConfig {
         membership: MembershipSettings {
             promote_after_healthy_secs: 1,
         },
+        ..NodeConfig::default()
     }
 }
 

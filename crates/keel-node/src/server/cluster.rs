@@ -46,7 +46,7 @@ pub async fn cluster_status(State(node): State<Node>) -> Response {
 }
 
 /// Membership changes run on the leader; any node forwards them there.
-async fn forward(
+pub(super) async fn forward(
     node: &Node,
     method: reqwest::Method,
     path: &str,

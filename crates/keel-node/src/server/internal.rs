@@ -9,7 +9,7 @@ use keel_store::{Hash, Txn, TxnOutcome};
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
-use crate::network::CLUSTER_HEADER;
+use crate::network::{CLUSTER_HEADER, NODE_HEADER};
 use crate::node::Node;
 use crate::types::{
     decode, encode, NodeId, Request, Response as RaftResponse, SnapshotManifest, TypeConfig,
@@ -45,7 +45,30 @@ fn accept<T: serde::de::DeserializeOwned>(
             ),
         ));
     }
+    if let Some(sender) = headers
+        .get(NODE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        node.heard_from(sender, None);
+    }
     decode(body).map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("undecodable request: {e}")))
+}
+
+pub async fn heartbeat(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> Response {
+    let beat: crate::primary::Heartbeat = match accept(&node, &headers, &body) {
+        Ok(beat) => beat,
+        Err(response) => return response,
+    };
+    binary(encode(&node.on_heartbeat(beat)))
+}
+
+/// Test-only: cut this node off from its peers, or reconnect it.
+pub async fn isolate(State(node): State<Node>, axum::Json(on): axum::Json<bool>) -> Response {
+    match node.faults().set_isolated(on) {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(message) => refuse(StatusCode::FORBIDDEN, message),
+    }
 }
 
 pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> Response {

@@ -5,6 +5,7 @@
 mod client;
 mod cluster;
 mod internal;
+mod primary;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -37,6 +38,17 @@ pub fn router(node: Node) -> Router {
         .route("/v1/txn", post(client::txn))
         .route("/v1/watch", get(client::watch))
         .route("/v1/checkpoints", get(client::checkpoints))
+        .route("/v1/primary", get(primary::list))
+        .route("/v1/primary/{group}", get(primary::status))
+        .route("/v1/primary/{group}/history", get(primary::history))
+        .route("/v1/primary/{group}/self", get(primary::own))
+        .route("/v1/primary/{group}/watch", get(primary::watch))
+        .route(
+            "/v1/groups/{group}",
+            get(primary::get_group).put(primary::set_group),
+        )
+        .route(crate::primary::PATH_HEARTBEAT, post(internal::heartbeat))
+        .route("/internal/debug/isolate", post(internal::isolate))
         .route(crate::network::PATH_APPEND, post(internal::append))
         .route(crate::network::PATH_VOTE, post(internal::vote))
         .route(crate::network::PATH_SNAPSHOT, post(internal::snapshot))
