@@ -593,6 +593,17 @@ impl Store {
         )
     }
 
+    /// The revision the next [`Store::install_root`] (or [`Store::reset_to_root`])
+    /// will take: one above every revision ever used. Repair and restore give
+    /// the entries they write this revision.
+    pub fn next_install_revision(&self) -> u64 {
+        let writer = self.inner.writer.lock();
+        writer
+            .max_revision
+            .max(self.inner.checkpoints.lock().max_revision())
+            + 1
+    }
+
     /// Makes `root` the current state as a new revision (above every revision
     /// ever used), durably, and checkpoints it. Used by rollback and restore;
     /// every blob reachable from `root` must be present.
