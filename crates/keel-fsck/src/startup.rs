@@ -110,7 +110,7 @@ pub fn open_for_writing(dir: &Path, policy: &StartupPolicy) -> Result<(Store, St
             report.action = ActionTaken::Repaired;
             report.repair = Some(outcome);
             startup.report_file = write_report(dir, &mut report);
-            tracing::warn!(dir = %dir.display(), keys = startup.repaired_keys, report = ?startup.report_file, "start-up check repaired damage");
+            tracing::info!(dir = %dir.display(), keys = startup.repaired_keys, report = ?startup.report_file, "start-up check repaired damage");
             Ok((store, startup))
         }
         Err(error) => {
