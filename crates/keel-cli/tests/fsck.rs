@@ -44,7 +44,10 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
 fn build(dir: &Path) {
     let options = StoreOptions {
         segment_bytes_target: 64 * 1024,
-        retention: Some(Retention { keep_newest: 10, keep_hourly_hours: 0 }),
+        retention: Some(Retention {
+            keep_newest: 10,
+            keep_hourly_hours: 0,
+        }),
         ..StoreOptions::default()
     };
     let store = Store::init(dir, options).unwrap();
@@ -55,20 +58,33 @@ fn build(dir: &Path) {
         put("top", b"v1".to_vec()),
     ];
     ops.extend((0..40).map(|i| put(&format!("many/k{i:03}"), noise(100 + i, 2000))));
-    store.commit(&[Txn { compare: vec![], ops }]).unwrap();
+    store
+        .commit(&[Txn {
+            compare: vec![],
+            ops,
+        }])
+        .unwrap();
     store.checkpoint().unwrap();
     let ops = vec![
         put("apps/web/cfg", noise(3, 3000)),
         put("apps/web/logo", noise(4, 300_000)),
         put("top", b"v2".to_vec()),
     ];
-    store.commit(&[Txn { compare: vec![], ops }]).unwrap();
+    store
+        .commit(&[Txn {
+            compare: vec![],
+            ops,
+        }])
+        .unwrap();
     store.checkpoint().unwrap();
     store.close().unwrap();
 }
 
 fn put(key: &str, value: Vec<u8>) -> Op {
-    Op::Put { key: key.to_string(), value: value.into() }
+    Op::Put {
+        key: key.to_string(),
+        value: value.into(),
+    }
 }
 
 struct Case {
@@ -81,11 +97,41 @@ struct Case {
 }
 
 const CASES: &[Case] = &[
-    Case { mode: "delete-blob", key: "apps/web/cfg", kind: "missing blob", moved: &["apps/web/cfg"], unlinked: &[] },
-    Case { mode: "flip-bits", key: "apps/web/logo", kind: "corrupt blob", moved: &["apps/web/logo"], unlinked: &[] },
-    Case { mode: "delete-dir", key: "apps/web", kind: "missing blob", moved: &[], unlinked: &["apps/web"] },
-    Case { mode: "damage-dir", key: "apps/db", kind: "corrupt blob", moved: &[], unlinked: &["apps/db"] },
-    Case { mode: "delete-dir-node", key: "many", kind: "missing blob", moved: &[], unlinked: &[] },
+    Case {
+        mode: "delete-blob",
+        key: "apps/web/cfg",
+        kind: "missing blob",
+        moved: &["apps/web/cfg"],
+        unlinked: &[],
+    },
+    Case {
+        mode: "flip-bits",
+        key: "apps/web/logo",
+        kind: "corrupt blob",
+        moved: &["apps/web/logo"],
+        unlinked: &[],
+    },
+    Case {
+        mode: "delete-dir",
+        key: "apps/web",
+        kind: "missing blob",
+        moved: &[],
+        unlinked: &["apps/web"],
+    },
+    Case {
+        mode: "damage-dir",
+        key: "apps/db",
+        kind: "corrupt blob",
+        moved: &[],
+        unlinked: &["apps/db"],
+    },
+    Case {
+        mode: "delete-dir-node",
+        key: "many",
+        kind: "missing blob",
+        moved: &[],
+        unlinked: &[],
+    },
 ];
 
 const ACTIONS: &[&[&str]] = &[&[], &["--repair"], &["--rollback"], &["--yes"]];
@@ -98,7 +144,18 @@ fn every_corruption_mode_with_every_action() {
             let dir = tempfile::tempdir().unwrap();
             let d = dir.path().to_str().unwrap();
             build(dir.path());
-            let corrupted = keel(&["debug", "corrupt", "--data-dir", d, "--mode", case.mode, "--key", case.key, "--seed", "1"]);
+            let corrupted = keel(&[
+                "debug",
+                "corrupt",
+                "--data-dir",
+                d,
+                "--mode",
+                case.mode,
+                "--key",
+                case.key,
+                "--seed",
+                "1",
+            ]);
             assert_eq!(code(&corrupted), 0, "{context}: {}", text(&corrupted));
             let damage = json(&corrupted);
             let damaged = damage["damaged"].as_array().unwrap();
@@ -110,16 +167,27 @@ fn every_corruption_mode_with_every_action() {
             assert_eq!(code(&report), 1, "{context}: {}", text(&report));
             let out = String::from_utf8_lossy(&report.stdout);
             let line = format!("{}: {} {blob}", case.key, case.kind);
-            assert!(out.lines().any(|l| l.starts_with(&line)), "{context}: no line {line:?} in\n{out}");
+            assert!(
+                out.lines().any(|l| l.starts_with(&line)),
+                "{context}: no line {line:?} in\n{out}"
+            );
             assert!(out.contains("Total errors: 1"), "{context}: {out}");
 
             let mut args = vec!["--json", "fsck", "--data-dir", d];
             args.extend_from_slice(action);
             let acted = keel(&args);
-            assert_eq!(code(&acted), 1, "{context}: problems found, even when fixed: {}", text(&acted));
+            assert_eq!(
+                code(&acted),
+                1,
+                "{context}: problems found, even when fixed: {}",
+                text(&acted)
+            );
             let doc = json(&acted);
             assert_eq!(doc["format"], "keel-fsck-report");
-            let errors: Vec<&str> = doc["findings"].as_array().unwrap().iter()
+            let errors: Vec<&str> = doc["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
                 .filter(|f| f["severity"] == "error")
                 .map(|f| f["path"].as_str().unwrap())
                 .collect();
@@ -129,20 +197,40 @@ fn every_corruption_mode_with_every_action() {
                 ["--rollback"] => assert_eq!(doc["action"], "rolled_back", "{context}"),
                 _ => {
                     assert_eq!(doc["action"], "repaired", "{context}");
-                    let moved: Vec<&str> = doc["repair"]["moved"].as_array().unwrap().iter()
-                        .map(|m| m["from"].as_str().unwrap()).collect();
+                    let moved: Vec<&str> = doc["repair"]["moved"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|m| m["from"].as_str().unwrap())
+                        .collect();
                     assert_eq!(moved, case.moved, "{context}");
-                    let unlinked: Vec<&String> = doc["repair"]["unlinked_directories"].as_object().unwrap().keys().collect();
+                    let unlinked: Vec<&String> = doc["repair"]["unlinked_directories"]
+                        .as_object()
+                        .unwrap()
+                        .keys()
+                        .collect();
                     assert_eq!(unlinked, case.unlinked, "{context}");
                 }
             }
             let report_file = doc["report_file"].as_str().unwrap();
-            assert!(Path::new(report_file).starts_with(dir.path().join("reports")), "{context}");
+            assert!(
+                Path::new(report_file).starts_with(dir.path().join("reports")),
+                "{context}"
+            );
             let again = keel(&["fsck", "--data-dir", d]);
             let expected = if action.is_empty() { 1 } else { 0 };
-            assert_eq!(code(&again), expected, "{context}: second fsck: {}", text(&again));
+            assert_eq!(
+                code(&again),
+                expected,
+                "{context}: second fsck: {}",
+                text(&again)
+            );
             if !action.is_empty() {
-                assert_eq!(code(&keel(&["kv", "ls", "--data-dir", d, "-r"])), 0, "{context}");
+                assert_eq!(
+                    code(&keel(&["kv", "ls", "--data-dir", d, "-r"])),
+                    0,
+                    "{context}"
+                );
             }
         }
     }
@@ -161,20 +249,63 @@ fn verbose_lists_every_path_and_the_store_in_use_refuses_repair_with_exit_2() {
     }
     assert!(out.contains("Total errors: 0"));
 
-    let corrupted = keel(&["debug", "corrupt", "--data-dir", d, "--mode", "delete-blob", "--key", "apps/web/cfg", "--seed", "1"]);
+    let corrupted = keel(&[
+        "debug",
+        "corrupt",
+        "--data-dir",
+        d,
+        "--mode",
+        "delete-blob",
+        "--key",
+        "apps/web/cfg",
+        "--seed",
+        "1",
+    ]);
     assert_eq!(code(&corrupted), 0, "{}", text(&corrupted));
     let held = Store::open(dir.path(), StoreOptions::default()).unwrap();
     let refused = keel(&["fsck", "--data-dir", d, "--repair"]);
     assert_eq!(code(&refused), 2, "{}", text(&refused));
-    assert!(text(&refused).contains("in use by another process"), "{}", text(&refused));
-    assert_eq!(code(&keel(&["debug", "corrupt", "--data-dir", d, "--mode", "delete-blob"])), 2);
+    assert!(
+        text(&refused).contains("in use by another process"),
+        "{}",
+        text(&refused)
+    );
+    assert_eq!(
+        code(&keel(&[
+            "debug",
+            "corrupt",
+            "--data-dir",
+            d,
+            "--mode",
+            "delete-blob"
+        ])),
+        2
+    );
     let read_only = keel(&["fsck", "--data-dir", d, "-q"]);
-    assert_eq!(code(&read_only), 1, "read-only fsck works while held: {}", text(&read_only));
-    assert!(text(&read_only).contains("apps/web/cfg: missing blob"), "{}", text(&read_only));
+    assert_eq!(
+        code(&read_only),
+        1,
+        "read-only fsck works while held: {}",
+        text(&read_only)
+    );
+    assert!(
+        text(&read_only).contains("apps/web/cfg: missing blob"),
+        "{}",
+        text(&read_only)
+    );
     drop(held);
-    assert_eq!(code(&keel(&["fsck", "--data-dir", d, "--checkpoint", "999"])), 2);
-    assert_eq!(code(&keel(&["fsck", "--data-dir", d, "--root", "nonsense"])), 2);
-    assert_eq!(code(&keel(&["fsck", "--data-dir", d, "--repair", "--rollback"])), 2);
+    assert_eq!(
+        code(&keel(&["fsck", "--data-dir", d, "--checkpoint", "999"])),
+        2
+    );
+    assert_eq!(
+        code(&keel(&["fsck", "--data-dir", d, "--root", "nonsense"])),
+        2
+    );
+    assert_eq!(
+        code(&keel(&["fsck", "--data-dir", d, "--repair", "--rollback"])),
+        2
+    );
 }
 
 #[test]
@@ -194,14 +325,36 @@ fn dump_restore_and_restore_at_next_start() {
     assert_eq!(code(&restored), 0, "{}", text(&restored));
     let listed = |dir: &Path| keel(&["kv", "ls", "--data-dir", dir.to_str().unwrap(), "-r"]).stdout;
     assert_eq!(listed(&fresh), listed(Path::new(d)));
-    let get = keel(&["kv", "get", "--data-dir", fresh.to_str().unwrap(), "apps/web/logo"]);
+    let get = keel(&[
+        "kv",
+        "get",
+        "--data-dir",
+        fresh.to_str().unwrap(),
+        "apps/web/logo",
+    ]);
     assert_eq!(get.stdout, noise(4, 300_000));
 
     let later = dir.path().join("later");
-    assert_eq!(code(&keel(&["init", "--data-dir", later.to_str().unwrap()])), 0);
-    let marked = keel(&["restore", "--data-dir", later.to_str().unwrap(), f, "--at-next-start"]);
+    assert_eq!(
+        code(&keel(&["init", "--data-dir", later.to_str().unwrap()])),
+        0
+    );
+    let marked = keel(&[
+        "restore",
+        "--data-dir",
+        later.to_str().unwrap(),
+        f,
+        "--at-next-start",
+    ]);
     assert_eq!(code(&marked), 0, "{}", text(&marked));
-    let put = keel(&["kv", "put", "--data-dir", later.to_str().unwrap(), "extra", "1"]);
+    let put = keel(&[
+        "kv",
+        "put",
+        "--data-dir",
+        later.to_str().unwrap(),
+        "extra",
+        "1",
+    ]);
     assert_eq!(code(&put), 0, "{}", text(&put));
     assert!(text(&put).contains("restored"), "{}", text(&put));
     let mut expected = String::from_utf8(listed(Path::new(d))).unwrap();
@@ -213,9 +366,18 @@ fn dump_restore_and_restore_at_next_start() {
 
     let bad = dir.path().join("bad.tar");
     std::fs::write(&bad, &std::fs::read(&file).unwrap()[..4096]).unwrap();
-    let rejected = keel(&["restore", "--data-dir", fresh.to_str().unwrap(), bad.to_str().unwrap()]);
+    let rejected = keel(&[
+        "restore",
+        "--data-dir",
+        fresh.to_str().unwrap(),
+        bad.to_str().unwrap(),
+    ]);
     assert_eq!(code(&rejected), 1);
-    assert!(text(&rejected).contains("nothing was changed"), "{}", text(&rejected));
+    assert!(
+        text(&rejected).contains("nothing was changed"),
+        "{}",
+        text(&rejected)
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -265,7 +427,11 @@ fn damage(file: &Path, rng: &mut ChaCha8Rng) -> String {
 fn assert_no_panic(output: &Output, context: &str) {
     let all = text(output);
     assert!(!all.contains("panicked"), "{context}: panic:\n{all}");
-    assert!(matches!(code(output), 0..=2), "{context}: exit {}:\n{all}", code(output));
+    assert!(
+        matches!(code(output), 0..=2),
+        "{context}: exit {}:\n{all}",
+        code(output)
+    );
     assert!(!all.trim().is_empty(), "{context}: no message at all");
 }
 
@@ -283,7 +449,18 @@ fn random_damage_to_any_file_never_panics_and_repair_or_rollback_yields_a_workin
     let template = base.path().join("template");
     build(&template);
     // A report in reports/ and a clean close, so every kind of file exists.
-    keel(&["debug", "corrupt", "--data-dir", template.to_str().unwrap(), "--mode", "flip-bits", "--key", "many/k001", "--seed", "2"]);
+    keel(&[
+        "debug",
+        "corrupt",
+        "--data-dir",
+        template.to_str().unwrap(),
+        "--mode",
+        "flip-bits",
+        "--key",
+        "many/k001",
+        "--seed",
+        "2",
+    ]);
     keel(&["fsck", "--data-dir", template.to_str().unwrap(), "--repair"]);
     let mut first_exit = [0usize; 3];
     let mut rollbacks_after_refused_repair = 0;
@@ -296,27 +473,50 @@ fn random_damage_to_any_file_never_panics_and_repair_or_rollback_yields_a_workin
         files.sort();
         let file = &files[rng.gen_range(0..files.len())];
         let what = damage(file, &mut rng);
-        let context = format!("seed {seed} trial {trial}: {} {what}", file.strip_prefix(&dir).unwrap().display());
+        let context = format!(
+            "seed {seed} trial {trial}: {} {what}",
+            file.strip_prefix(&dir).unwrap().display()
+        );
 
         let check = keel(&["fsck", "--data-dir", d]);
         assert_no_panic(&check, &context);
         first_exit[code(&check) as usize] += 1;
-        let action = if rng.gen_bool(0.5) { "--repair" } else { "--rollback" };
+        let action = if rng.gen_bool(0.5) {
+            "--repair"
+        } else {
+            "--rollback"
+        };
         let fixed = keel(&["fsck", "--data-dir", d, action, "--yes"]);
         assert_no_panic(&fixed, &format!("{context}, {action}"));
         let mut listed = keel(&["kv", "ls", "--data-dir", d, "-r"]);
         if code(&listed) != 0 && action == "--repair" {
             // A repair refuses when the root directory is unreadable and
             // names the rollback; follow that advice.
-            assert!(text(&fixed).contains("--rollback"), "{context}: {}", text(&fixed));
+            assert!(
+                text(&fixed).contains("--rollback"),
+                "{context}: {}",
+                text(&fixed)
+            );
             rollbacks_after_refused_repair += 1;
             let rolled = keel(&["fsck", "--data-dir", d, "--rollback", "--yes"]);
             assert_no_panic(&rolled, &format!("{context}, then --rollback"));
             listed = keel(&["kv", "ls", "--data-dir", d, "-r"]);
         }
-        assert_eq!(code(&listed), 0, "{context}: after {action}: {}\n{}", text(&fixed), text(&listed));
+        assert_eq!(
+            code(&listed),
+            0,
+            "{context}: after {action}: {}\n{}",
+            text(&fixed),
+            text(&listed)
+        );
         let again = keel(&["fsck", "--data-dir", d]);
-        assert_eq!(code(&again), 0, "{context}: after {action}: {}\n{}", text(&fixed), text(&again));
+        assert_eq!(
+            code(&again),
+            0,
+            "{context}: after {action}: {}\n{}",
+            text(&fixed),
+            text(&again)
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
     println!(

@@ -115,10 +115,27 @@ pub fn run(options: &FsckOptions, ui: &mut dyn Ui) -> Result<Report, FsckError> 
         Requested::ReportOnly => None,
         Requested::Repair => Some(Choice::Repair),
         Requested::Rollback => Some(Choice::Rollback),
-        Requested::Ask => Some(ask(&store, &mut verifier, &verification, &plan, &critical, &mut report, ui)),
+        Requested::Ask => Some(ask(
+            &store,
+            &mut verifier,
+            &verification,
+            &plan,
+            &critical,
+            &mut report,
+            ui,
+        )),
     };
     if let Some(choice) = choice {
-        act(&store, &mut verifier, &verification, choice, options, &critical, &mut report, ui);
+        act(
+            &store,
+            &mut verifier,
+            &verification,
+            choice,
+            options,
+            &critical,
+            &mut report,
+            ui,
+        );
     }
     if !store.is_read_only() {
         store.close()?;
@@ -127,7 +144,11 @@ pub fn run(options: &FsckOptions, ui: &mut dyn Ui) -> Result<Report, FsckError> 
 }
 
 /// Writes the report when there is something to report.
-fn finish(data_dir: &std::path::Path, mut report: Report, ui: &mut dyn Ui) -> Result<Report, FsckError> {
+fn finish(
+    data_dir: &std::path::Path,
+    mut report: Report,
+    ui: &mut dyn Ui,
+) -> Result<Report, FsckError> {
     report.finished_at = report::now_rfc3339();
     if !report.findings.is_empty() || report.action != ActionTaken::None {
         if let Err(error) = report::write(data_dir, &mut report) {
@@ -138,7 +159,11 @@ fn finish(data_dir: &std::path::Path, mut report: Report, ui: &mut dyn Ui) -> Re
 }
 
 /// Checks `IDENTITY`; restores it from its backup when allowed to write.
-fn check_identity(options: &FsckOptions, writes: bool, report: &mut Report) -> Result<Option<Finding>, FsckError> {
+fn check_identity(
+    options: &FsckOptions,
+    writes: bool,
+    report: &mut Report,
+) -> Result<Option<Finding>, FsckError> {
     let dir = &options.data_dir;
     let error = match read_identity(dir) {
         Ok(_) => return Ok(None),
@@ -174,14 +199,16 @@ fn open(options: &FsckOptions, ui: &mut dyn Ui) -> Result<(Store, Requested), Fs
     let dir = &options.data_dir;
     match options.requested {
         Requested::ReportOnly => Ok((Store::open_read_only(dir)?, Requested::ReportOnly)),
-        Requested::Ask => match Store::open(dir, StoreOptions::default()) {
-            Ok(store) => Ok((store, Requested::Ask)),
-            Err(StoreError::Locked { .. }) => {
-                ui.notice("the store is in use by another process: reporting only (stop it to repair)");
-                Ok((Store::open_read_only(dir)?, Requested::ReportOnly))
+        Requested::Ask => {
+            match Store::open(dir, StoreOptions::default()) {
+                Ok(store) => Ok((store, Requested::Ask)),
+                Err(StoreError::Locked { .. }) => {
+                    ui.notice("the store is in use by another process: reporting only (stop it to repair)");
+                    Ok((Store::open_read_only(dir)?, Requested::ReportOnly))
+                }
+                Err(error) => Err(error.into()),
             }
-            Err(error) => Err(error.into()),
-        },
+        }
         requested => Ok((Store::open(dir, StoreOptions::default())?, requested)),
     }
 }
@@ -192,7 +219,9 @@ pub fn resolve_target(store: &Store, choice: &TargetChoice) -> Result<Target, Fs
     match choice {
         TargetChoice::Head => {
             let snapshot = store.snapshot();
-            let root = snapshot.root_hash().unwrap_or_else(keel_store::tree::empty_dir_hash);
+            let root = snapshot
+                .root_hash()
+                .unwrap_or_else(keel_store::tree::empty_dir_hash);
             let checkpoint = checkpoints
                 .iter()
                 .rev()
@@ -206,10 +235,11 @@ pub fn resolve_target(store: &Store, choice: &TargetChoice) -> Result<Target, Fs
             })
         }
         TargetChoice::Checkpoint(sequence) => {
-            let c = checkpoints
-                .iter()
-                .find(|c| c.sequence == *sequence)
-                .ok_or(StoreError::CheckpointNotFound { sequence: *sequence })?;
+            let c = checkpoints.iter().find(|c| c.sequence == *sequence).ok_or(
+                StoreError::CheckpointNotFound {
+                    sequence: *sequence,
+                },
+            )?;
             Ok(Target {
                 root: c.root,
                 revision: c.revision,
@@ -219,8 +249,14 @@ pub fn resolve_target(store: &Store, choice: &TargetChoice) -> Result<Target, Fs
         }
         TargetChoice::Root(root) => Ok(Target {
             root: *root,
-            revision: checkpoints.iter().find(|c| c.root == *root).map_or(0, |c| c.revision),
-            checkpoint: checkpoints.iter().find(|c| c.root == *root).map(|c| c.sequence),
+            revision: checkpoints
+                .iter()
+                .find(|c| c.root == *root)
+                .map_or(0, |c| c.revision),
+            checkpoint: checkpoints
+                .iter()
+                .find(|c| c.root == *root)
+                .map(|c| c.sequence),
             timestamp_ms: None,
         }),
     }
@@ -236,8 +272,13 @@ fn ask(
     report: &mut Report,
     ui: &mut dyn Ui,
 ) -> Choice {
-    let rollback = rollback::plan(store, verifier, &verification.target, &mut crate::verify::Quiet)
-        .map_err(|e| e.to_string());
+    let rollback = rollback::plan(
+        store,
+        verifier,
+        &verification.target,
+        &mut crate::verify::Quiet,
+    )
+    .map_err(|e| e.to_string());
     let repair_refusal = plan
         .check_allowed(u64::MAX, critical, store.dir())
         .err()
@@ -269,10 +310,12 @@ fn act(
             report.action = ActionTaken::Declined;
             return;
         }
-        Choice::Repair => repair::repair(store, verification, options.max_damage, critical).map(|outcome| {
-            report.action = ActionTaken::Repaired;
-            report.repair = Some(outcome);
-        }),
+        Choice::Repair => {
+            repair::repair(store, verification, options.max_damage, critical).map(|outcome| {
+                report.action = ActionTaken::Repaired;
+                report.repair = Some(outcome);
+            })
+        }
         Choice::Rollback => {
             let plan = match report.rollback_offered.take() {
                 Some(plan) => Ok(plan),
@@ -305,7 +348,9 @@ pub fn prompt_text(prompt: &Prompt<'_>) -> String {
     let plan = prompt.plan;
     let mut lines = Vec::new();
     if plan.root_unreadable {
-        lines.push("fsck: the root directory is unreadable: a repair would keep nothing".to_string());
+        lines.push(
+            "fsck: the root directory is unreadable: a repair would keep nothing".to_string(),
+        );
     }
     lines.push(format!(
         "fsck: save would move {} damaged key(s) to {LOST_FOUND}/, unlink {} directory(ies) and rebuild {} ({} damaged keys in all)",
@@ -340,7 +385,11 @@ pub fn parse_choice(line: &str) -> Option<Choice> {
 }
 
 /// Asks on `output` until `input` gives a valid answer; end of input quits.
-pub fn ask_until_answered(input: &mut dyn BufRead, output: &mut dyn Write, prompt: &Prompt<'_>) -> Choice {
+pub fn ask_until_answered(
+    input: &mut dyn BufRead,
+    output: &mut dyn Write,
+    prompt: &Prompt<'_>,
+) -> Choice {
     let _ = writeln!(output, "{}", prompt_text(prompt));
     loop {
         let _ = output.flush();

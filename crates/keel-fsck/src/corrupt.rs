@@ -91,7 +91,11 @@ fn walk(objects: &Objects, dir: &Link, path: &str, census: &mut Census, depth: u
     }
     if let Some(hash) = dir.known_hash() {
         if path != ROOT_PATH {
-            census.dir_roots.entry(hash).or_default().insert(path.to_string());
+            census
+                .dir_roots
+                .entry(hash)
+                .or_default()
+                .insert(path.to_string());
         }
         if let Ok(cell) = objects.node(&hash) {
             if let Node::Branch(branch) = &cell.node {
@@ -116,10 +120,19 @@ fn walk(objects: &Objects, dir: &Link, path: &str, census: &mut Census, depth: u
     }
 }
 
-fn note_inner_nodes(objects: &Objects, children: &[keel_store::object::Child], path: &str, census: &mut Census) {
+fn note_inner_nodes(
+    objects: &Objects,
+    children: &[keel_store::object::Child],
+    path: &str,
+    census: &mut Census,
+) {
     for child in children {
         if let Some(hash) = child.link.known_hash() {
-            census.dir_nodes.entry(hash).or_default().insert(path.to_string());
+            census
+                .dir_nodes
+                .entry(hash)
+                .or_default()
+                .insert(path.to_string());
             if let Ok(cell) = objects.node(&hash) {
                 if let Node::Branch(branch) = &cell.node {
                     note_inner_nodes(objects, &branch.children, path, census);
@@ -131,17 +144,32 @@ fn note_inner_nodes(objects: &Objects, children: &[keel_store::object::Child], p
 
 /// Damages a store: `count` random objects of `mode` (or the object of
 /// `key` when given). Takes the store's lock; refuses while it is in use.
-pub fn corrupt(dir: &Path, mode: Mode, key: Option<&str>, count: usize, seed: u64) -> Result<CorruptReport, FsckError> {
+pub fn corrupt(
+    dir: &Path,
+    mode: Mode,
+    key: Option<&str>,
+    count: usize,
+    seed: u64,
+) -> Result<CorruptReport, FsckError> {
     let store = Store::open(dir, StoreOptions::default())?;
-    let root = store.snapshot().root_hash().unwrap_or_else(keel_store::tree::empty_dir_hash);
+    let root = store
+        .snapshot()
+        .root_hash()
+        .unwrap_or_else(keel_store::tree::empty_dir_hash);
     let census = census(store.objects(), root);
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let candidates = candidates(&census, mode, key)?;
     let chosen: Vec<Hash> = match key {
         Some(_) => candidates.into_iter().take(1).collect(),
-        None => candidates.choose_multiple(&mut rng, count).copied().collect(),
+        None => candidates
+            .choose_multiple(&mut rng, count)
+            .copied()
+            .collect(),
     };
-    let delete = matches!(mode, Mode::DeleteBlob | Mode::DeleteDir | Mode::DeleteDirNode);
+    let delete = matches!(
+        mode,
+        Mode::DeleteBlob | Mode::DeleteDir | Mode::DeleteDirNode
+    );
     let mut damaged = Vec::new();
     for hash in &chosen {
         if delete {
@@ -156,12 +184,25 @@ pub fn corrupt(dir: &Path, mode: Mode, key: Option<&str>, count: usize, seed: u6
             .or(census.dir_nodes.get(hash))
             .cloned()
             .unwrap_or_default();
-        let expect = if delete { FindingKind::MissingBlob } else { FindingKind::CorruptBlob };
-        damaged.extend(paths.into_iter().map(|path| Damage { path, blob: *hash, mode, expect }));
+        let expect = if delete {
+            FindingKind::MissingBlob
+        } else {
+            FindingKind::CorruptBlob
+        };
+        damaged.extend(paths.into_iter().map(|path| Damage {
+            path,
+            blob: *hash,
+            mode,
+            expect,
+        }));
     }
     store.close()?;
     damaged.sort();
-    Ok(CorruptReport { seed, damaged, blobs: chosen.len() })
+    Ok(CorruptReport {
+        seed,
+        damaged,
+        blobs: chosen.len(),
+    })
 }
 
 /// The blobs `mode` may damage, in a stable order.
@@ -170,7 +211,10 @@ fn candidates(census: &Census, mode: Mode, key: Option<&str>) -> Result<Vec<Hash
         match key {
             Some(key) => {
                 let key = key.trim_matches('/');
-                map.iter().filter(|(_, paths)| paths.contains(key)).map(|(h, _)| *h).collect()
+                map.iter()
+                    .filter(|(_, paths)| paths.contains(key))
+                    .map(|(h, _)| *h)
+                    .collect()
             }
             None => map.keys().copied().collect(),
         }
@@ -192,11 +236,17 @@ fn candidates(census: &Census, mode: Mode, key: Option<&str>) -> Result<Vec<Hash
 
 /// Where a blob's whole record lies: (segment file, record offset, record length).
 fn record_of(store: &Store, hash: &Hash) -> Result<(std::path::PathBuf, u64, usize), FsckError> {
-    let location = store.pack().location(hash).ok_or_else(|| FsckError::Usage {
-        message: format!("blob {hash} is not in the pack"),
-    })?;
+    let location = store
+        .pack()
+        .location(hash)
+        .ok_or_else(|| FsckError::Usage {
+            message: format!("blob {hash} is not in the pack"),
+        })?;
     let header = (frame::RECORD_HEADER_BYTES + HASH_BYTES) as u64;
-    let offset = location.offset.checked_sub(header).expect("a blob's bytes follow its header");
+    let offset = location
+        .offset
+        .checked_sub(header)
+        .expect("a blob's bytes follow its header");
     let len = header as usize + location.len as usize;
     Ok((store.pack().segment_path(location.segment), offset, len))
 }
@@ -242,6 +292,10 @@ fn flip_bits(store: &Store, hash: &Hash, rng: &mut ChaCha8Rng) -> Result<(), Fsc
     }
     let mut record = Vec::with_capacity(len);
     frame::encode_parts(KIND_BLOB, &[hash.as_bytes(), &bytes], &mut record);
-    assert_eq!(record.len(), len, "a re-framed blob keeps its record length");
+    assert_eq!(
+        record.len(),
+        len,
+        "a re-framed blob keeps its record length"
+    );
     overwrite(&path, offset, &record)
 }

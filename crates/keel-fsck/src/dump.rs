@@ -97,11 +97,23 @@ impl Manifest {
 
 /// Writes a dump of the tree `source` of `store` to `file` (atomically:
 /// a `.partial` file renamed into place once complete and durable).
-pub fn dump(store: &Store, source: Source, file: &Path, ignore_failed_read: bool) -> Result<Manifest, FsckError> {
+pub fn dump(
+    store: &Store,
+    source: Source,
+    file: &Path,
+    ignore_failed_read: bool,
+) -> Result<Manifest, FsckError> {
     let objects = store.objects();
     let mut values = Vec::new();
     let mut skipped = Vec::new();
-    collect(objects, &Link::Stored(source.root), ROOT_PATH, 0, &mut values, &mut skipped);
+    collect(
+        objects,
+        &Link::Stored(source.root),
+        ROOT_PATH,
+        0,
+        &mut values,
+        &mut skipped,
+    );
     if let (false, Some(first)) = (ignore_failed_read, skipped.first()) {
         return Err(FsckError::UnreadableValue {
             key: first.path.clone(),
@@ -115,7 +127,8 @@ pub fn dump(store: &Store, source: Source, file: &Path, ignore_failed_read: bool
     let result = write_archive(store, source, &partial, values, skipped, ignore_failed_read);
     match result {
         Ok(manifest) => {
-            std::fs::rename(&partial, file).map_err(|e| FsckError::io("rename dump into place", file, e))?;
+            std::fs::rename(&partial, file)
+                .map_err(|e| FsckError::io("rename dump into place", file, e))?;
             if let Some(parent) = file.parent().filter(|p| !p.as_os_str().is_empty()) {
                 let _ = File::open(parent).and_then(|d| d.sync_all());
             }
@@ -129,7 +142,10 @@ pub fn dump(store: &Store, source: Source, file: &Path, ignore_failed_read: bool
 }
 
 fn partial_path(file: &Path) -> PathBuf {
-    let mut name = file.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = file
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".partial");
     file.with_file_name(name)
 }
@@ -144,13 +160,19 @@ fn collect(
     skipped: &mut Vec<Skipped>,
 ) {
     let Some(entries) = readable_entries(objects, dir) else {
-        skipped.push(Skipped { path: path.to_string(), reason: "directory unreadable".into() });
+        skipped.push(Skipped {
+            path: path.to_string(),
+            reason: "directory unreadable".into(),
+        });
         return;
     };
     let claimed = objects.resolve(dir).map(|c| c.node.count()).unwrap_or(0);
     if claimed > entries.len() as u64 {
         let lost = claimed - entries.len() as u64;
-        skipped.push(Skipped { path: path.to_string(), reason: format!("{lost} entries unreadable") });
+        skipped.push(Skipped {
+            path: path.to_string(),
+            reason: format!("{lost} entries unreadable"),
+        });
     }
     for entry in entries {
         let key = child_path(path, &entry.name);
@@ -158,7 +180,10 @@ fn collect(
             EntryValue::Dir { root, .. } if depth < keel_store::key::KEY_SEGMENTS_MAX => {
                 collect(objects, &root, &key, depth + 1, out, skipped)
             }
-            EntryValue::Dir { .. } => skipped.push(Skipped { path: key, reason: "nested too deep".into() }),
+            EntryValue::Dir { .. } => skipped.push(Skipped {
+                path: key,
+                reason: "nested too deep".into(),
+            }),
             value => out.push((key, entry.revision, value)),
         }
     }
@@ -179,17 +204,31 @@ fn write_archive(
     for (key, revision, value) in values {
         if ignore_failed_read {
             if let Err(error) = check_value(store.objects(), &value) {
-                skipped.push(Skipped { path: key, reason: error.to_string() });
+                skipped.push(Skipped {
+                    path: key,
+                    reason: error.to_string(),
+                });
                 continue;
             }
         }
         let size = value.size().unwrap_or(0);
-        let mut reader = ValueReader::new(store.objects(), &value)
-            .map_err(|source| FsckError::UnreadableValue { key: key.clone(), source })?;
+        let mut reader = ValueReader::new(store.objects(), &value).map_err(|source| {
+            FsckError::UnreadableValue {
+                key: key.clone(),
+                source,
+            }
+        })?;
         builder
-            .append_data(&mut header(size), format!("{VALUES_PREFIX}{key}"), &mut reader)
+            .append_data(
+                &mut header(size),
+                format!("{VALUES_PREFIX}{key}"),
+                &mut reader,
+            )
             .map_err(|e| match reader.failure.take() {
-                Some(source) => FsckError::UnreadableValue { key: key.clone(), source },
+                Some(source) => FsckError::UnreadableValue {
+                    key: key.clone(),
+                    source,
+                },
                 None => io(e),
             })?;
         if reader.count != size {
@@ -197,11 +236,19 @@ fn write_archive(
                 key,
                 source: keel_store::StoreError::Damaged {
                     path: store.dir().to_path_buf(),
-                    reason: format!("value claims {size} bytes, its chunks hold {}", reader.count),
+                    reason: format!(
+                        "value claims {size} bytes, its chunks hold {}",
+                        reader.count
+                    ),
                 },
             });
         }
-        keys.push(KeyRecord { key, size, blake3: Hash(*reader.hasher.finalize().as_bytes()), revision });
+        keys.push(KeyRecord {
+            key,
+            size,
+            blake3: Hash(*reader.hasher.finalize().as_bytes()),
+            revision,
+        });
     }
     let manifest = Manifest {
         format: DUMP_FORMAT.into(),
@@ -214,9 +261,19 @@ fn write_archive(
     };
     let body = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
     let integrity = format!("{}\n", Hash::of(&body));
-    builder.append_data(&mut header(body.len() as u64), MANIFEST_ENTRY, body.as_slice()).map_err(io)?;
     builder
-        .append_data(&mut header(integrity.len() as u64), INTEGRITY_ENTRY, integrity.as_bytes())
+        .append_data(
+            &mut header(body.len() as u64),
+            MANIFEST_ENTRY,
+            body.as_slice(),
+        )
+        .map_err(io)?;
+    builder
+        .append_data(
+            &mut header(integrity.len() as u64),
+            INTEGRITY_ENTRY,
+            integrity.as_bytes(),
+        )
         .map_err(io)?;
     let writer = builder.into_inner().map_err(io)?;
     let file = writer.into_inner().map_err(|e| io(e.into_error()))?;
@@ -325,7 +382,10 @@ impl<R: Read> Read for Hashing<R> {
 }
 
 fn bad(path: &Path, reason: impl Into<String>) -> FsckError {
-    FsckError::BadArchive { path: path.to_path_buf(), reason: reason.into() }
+    FsckError::BadArchive {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
 }
 
 fn open_archive(path: &Path) -> Result<tar::Archive<BufReader<File>>, FsckError> {
@@ -344,7 +404,9 @@ pub fn verify_archive(path: &Path) -> Result<Manifest, FsckError> {
     let mut seen: BTreeMap<String, (u64, Hash)> = BTreeMap::new();
     let mut manifest_bytes: Option<Vec<u8>> = None;
     let mut integrity: Option<String> = None;
-    let entries = archive.entries().map_err(|e| bad(path, format!("unreadable tar: {e}")))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| bad(path, format!("unreadable tar: {e}")))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| bad(path, format!("unreadable tar entry: {e}")))?;
         let name = entry_name(path, &entry)?;
@@ -352,8 +414,13 @@ pub fn verify_archive(path: &Path) -> Result<Manifest, FsckError> {
             return Err(bad(path, format!("entry {name:?} after {INTEGRITY_ENTRY}")));
         }
         if let Some(key) = name.strip_prefix(VALUES_PREFIX) {
-            let mut reader = Hashing { inner: &mut entry, hasher: blake3::Hasher::new(), count: 0 };
-            std::io::copy(&mut reader, &mut std::io::sink()).map_err(|e| bad(path, format!("{name}: {e}")))?;
+            let mut reader = Hashing {
+                inner: &mut entry,
+                hasher: blake3::Hasher::new(),
+                count: 0,
+            };
+            std::io::copy(&mut reader, &mut std::io::sink())
+                .map_err(|e| bad(path, format!("{name}: {e}")))?;
             let found = (reader.count, Hash(*reader.hasher.finalize().as_bytes()));
             if seen.insert(key.to_string(), found).is_some() {
                 return Err(bad(path, format!("key {key} appears twice")));
@@ -367,10 +434,15 @@ pub fn verify_archive(path: &Path) -> Result<Manifest, FsckError> {
             return Err(bad(path, format!("unexpected entry {name:?}")));
         }
     }
-    let integrity = integrity.ok_or_else(|| bad(path, format!("no {INTEGRITY_ENTRY} entry (truncated?)")))?;
-    let manifest_bytes = manifest_bytes.ok_or_else(|| bad(path, format!("no {MANIFEST_ENTRY} entry")))?;
+    let integrity =
+        integrity.ok_or_else(|| bad(path, format!("no {INTEGRITY_ENTRY} entry (truncated?)")))?;
+    let manifest_bytes =
+        manifest_bytes.ok_or_else(|| bad(path, format!("no {MANIFEST_ENTRY} entry")))?;
     if integrity != Hash::of(&manifest_bytes).to_string() {
-        return Err(bad(path, "the manifest does not match its integrity hash (damaged or tampered)"));
+        return Err(bad(
+            path,
+            "the manifest does not match its integrity hash (damaged or tampered)",
+        ));
     }
     let manifest: Manifest =
         serde_json::from_slice(&manifest_bytes).map_err(|e| bad(path, format!("manifest: {e}")))?;
@@ -391,23 +463,50 @@ fn read_small(path: &Path, entry: &mut dyn Read, limit: u64) -> Result<Vec<u8>, 
 }
 
 /// The manifest must describe exactly the values found, with valid keys.
-fn check_manifest(path: &Path, manifest: &Manifest, seen: &BTreeMap<String, (u64, Hash)>) -> Result<(), FsckError> {
+fn check_manifest(
+    path: &Path,
+    manifest: &Manifest,
+    seen: &BTreeMap<String, (u64, Hash)>,
+) -> Result<(), FsckError> {
     if manifest.format != DUMP_FORMAT || manifest.format_version != DUMP_FORMAT_VERSION {
-        return Err(bad(path, format!(
+        return Err(bad(
+            path,
+            format!(
             "format {:?} version {} (this build reads {DUMP_FORMAT} version {DUMP_FORMAT_VERSION})",
             manifest.format, manifest.format_version
-        )));
+        ),
+        ));
     }
     if manifest.keys.len() != seen.len() {
-        return Err(bad(path, format!("the manifest lists {} keys, the archive holds {}", manifest.keys.len(), seen.len())));
+        return Err(bad(
+            path,
+            format!(
+                "the manifest lists {} keys, the archive holds {}",
+                manifest.keys.len(),
+                seen.len()
+            ),
+        ));
     }
     let mut keys = BTreeSet::new();
     for record in &manifest.keys {
         split_key(&record.key).map_err(|e| bad(path, e.to_string()))?;
         match seen.get(&record.key) {
             Some(&(size, hash)) if size == record.size && hash == record.blake3 => {}
-            Some(_) => return Err(bad(path, format!("{}: size or BLAKE3 does not match the manifest", record.key))),
-            None => return Err(bad(path, format!("{}: listed in the manifest, missing from the archive", record.key))),
+            Some(_) => {
+                return Err(bad(
+                    path,
+                    format!("{}: size or BLAKE3 does not match the manifest", record.key),
+                ))
+            }
+            None => {
+                return Err(bad(
+                    path,
+                    format!(
+                        "{}: listed in the manifest, missing from the archive",
+                        record.key
+                    ),
+                ))
+            }
         }
         keys.insert(record.key.as_str());
     }
@@ -416,7 +515,10 @@ fn check_manifest(path: &Path, manifest: &Manifest, seen: &BTreeMap<String, (u64
         for i in 1..names.len() {
             let parent = names[..i].join("/");
             if keys.contains(parent.as_str()) {
-                return Err(bad(path, format!("{key} lies below {parent}, which is a value")));
+                return Err(bad(
+                    path,
+                    format!("{key} lies below {parent}, which is a value"),
+                ));
             }
         }
     }
@@ -442,28 +544,45 @@ pub fn restore(store: &Store, file: &Path) -> Result<RestoreOutcome, FsckError> 
 }
 
 /// The second pass of a restore, for a manifest [`verify_archive`] returned.
-pub fn restore_verified(store: &Store, file: &Path, manifest: &Manifest) -> Result<RestoreOutcome, FsckError> {
+pub fn restore_verified(
+    store: &Store,
+    file: &Path,
+    manifest: &Manifest,
+) -> Result<RestoreOutcome, FsckError> {
     let _hold = store.hold_gc();
     let revision = store.next_install_revision();
-    let expected: BTreeMap<&str, &KeyRecord> = manifest.keys.iter().map(|k| (k.key.as_str(), k)).collect();
+    let expected: BTreeMap<&str, &KeyRecord> =
+        manifest.keys.iter().map(|k| (k.key.as_str(), k)).collect();
     let mut root = Link::empty_dir();
     let mut archive = open_archive(file)?;
-    let entries = archive.entries().map_err(|e| bad(file, format!("unreadable tar: {e}")))?;
+    let entries = archive
+        .entries()
+        .map_err(|e| bad(file, format!("unreadable tar: {e}")))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| bad(file, format!("unreadable tar entry: {e}")))?;
         let name = entry_name(file, &entry)?;
         let Some(key) = name.strip_prefix(VALUES_PREFIX) else {
             continue;
         };
-        let record = expected.get(key).ok_or_else(|| bad(file, format!("{key} changed since it was verified")))?;
-        let mut reader = Hashing { inner: &mut entry, hasher: blake3::Hasher::new(), count: 0 };
+        let record = expected
+            .get(key)
+            .ok_or_else(|| bad(file, format!("{key} changed since it was verified")))?;
+        let mut reader = Hashing {
+            inner: &mut entry,
+            hasher: blake3::Hasher::new(),
+            count: 0,
+        };
         let (value, _hold) = store.upload(&mut reader)?;
-        if reader.count != record.size || Hash(*reader.hasher.finalize().as_bytes()) != record.blake3 {
+        if reader.count != record.size
+            || Hash(*reader.hasher.finalize().as_bytes()) != record.blake3
+        {
             return Err(bad(file, format!("{key} changed since it was verified")));
         }
         let value = match value {
             StoredValueOrInline::Inline(bytes) => EntryValue::Inline(bytes),
-            StoredValueOrInline::Stored(keel_store::StoredValue::Blob { hash, size }) => EntryValue::Blob { hash, size },
+            StoredValueOrInline::Stored(keel_store::StoredValue::Blob { hash, size }) => {
+                EntryValue::Blob { hash, size }
+            }
             StoredValueOrInline::Stored(keel_store::StoredValue::Chunked { list, size }) => {
                 EntryValue::Chunked { list, size }
             }
@@ -495,11 +614,16 @@ pub fn pending_restore(dir: &Path) -> Result<Option<PathBuf>, FsckError> {
     let target = if meta.file_type().is_symlink() {
         std::fs::read_link(&marker).map_err(|e| FsckError::io("read restore marker", &marker, e))?
     } else {
-        let text = std::fs::read_to_string(&marker).map_err(|e| FsckError::io("read restore marker", &marker, e))?;
+        let text = std::fs::read_to_string(&marker)
+            .map_err(|e| FsckError::io("read restore marker", &marker, e))?;
         PathBuf::from(text.trim())
     };
     let base = marker.parent().unwrap_or(dir);
-    Ok(Some(if target.is_absolute() { target } else { base.join(target) }))
+    Ok(Some(if target.is_absolute() {
+        target
+    } else {
+        base.join(target)
+    }))
 }
 
 /// Renames the marker so the restore happens once.
@@ -507,7 +631,8 @@ pub fn mark_restore_done(dir: &Path) -> Result<PathBuf, FsckError> {
     let marker = dir.join(RESTORE_MARKER);
     let stamp = crate::report::now_rfc3339().replace(':', "-");
     let done = marker.with_file_name(format!("RESTORE.done-{stamp}"));
-    std::fs::rename(&marker, &done).map_err(|e| FsckError::io("rename restore marker", &marker, e))?;
+    std::fs::rename(&marker, &done)
+        .map_err(|e| FsckError::io("rename restore marker", &marker, e))?;
     if let Some(parent) = marker.parent() {
         let _ = File::open(parent).and_then(|d| d.sync_all());
     }
@@ -518,8 +643,10 @@ pub fn mark_restore_done(dir: &Path) -> Result<PathBuf, FsckError> {
 /// writer start restores from it.
 pub fn request_restore(dir: &Path, dump_file: &Path) -> Result<PathBuf, FsckError> {
     let dump_dir = dir.join("dump");
-    std::fs::create_dir_all(&dump_dir).map_err(|e| FsckError::io("create dump directory", &dump_dir, e))?;
-    let target = std::fs::canonicalize(dump_file).map_err(|e| FsckError::io("resolve dump", dump_file, e))?;
+    std::fs::create_dir_all(&dump_dir)
+        .map_err(|e| FsckError::io("create dump directory", &dump_dir, e))?;
+    let target = std::fs::canonicalize(dump_file)
+        .map_err(|e| FsckError::io("resolve dump", dump_file, e))?;
     let marker = dir.join(RESTORE_MARKER);
     let temp = dump_dir.join(format!(".RESTORE.{}", std::process::id()));
     let _ = std::fs::remove_file(&temp);

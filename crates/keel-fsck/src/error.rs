@@ -17,11 +17,18 @@ pub enum FsckError {
 
     /// Damage under a critical prefix is never moved to lost+found.
     #[error("damage under a critical prefix ({}) is not repaired into lost+found; roll back with `keel fsck --data-dir {data_dir} --rollback`, or restore a dump with `keel restore --data-dir {data_dir} FILE`", paths.join(", "))]
-    CriticalDamage { paths: Vec<String>, data_dir: String },
+    CriticalDamage {
+        paths: Vec<String>,
+        data_dir: String,
+    },
 
     /// More damage than a repair may handle without an operator's say-so.
     #[error("{damaged} damaged keys exceed the repair limit of {max_damage}; nothing was changed. Inspect with `keel fsck --data-dir {data_dir}`, then raise the limit with `--max-damage N`, or roll back with `--rollback`")]
-    TooMuchDamage { damaged: u64, max_damage: u64, data_dir: String },
+    TooMuchDamage {
+        damaged: u64,
+        max_damage: u64,
+        data_dir: String,
+    },
 
     /// No retained checkpoint can be used for a rollback.
     #[error("no retained checkpoint of {data_dir} has a readable root directory; restore a dump with `keel restore --data-dir {data_dir} FILE`")]

@@ -182,7 +182,10 @@ mod tests {
     fn prefixes_cover_keys_below_and_directories_above() {
         assert!(touches_prefix("apps/web/cfg", "apps/web"));
         assert!(touches_prefix("apps/web", "apps/web/"));
-        assert!(touches_prefix("apps", "apps/web"), "a damaged parent reaches the prefix");
+        assert!(
+            touches_prefix("apps", "apps/web"),
+            "a damaged parent reaches the prefix"
+        );
         assert!(touches_prefix("/", "apps"));
         assert!(!touches_prefix("apps/webby", "apps/web"));
         assert!(!touches_prefix("db/x", "apps"));

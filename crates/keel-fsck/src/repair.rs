@@ -90,8 +90,11 @@ impl RepairPlan {
         }
         // A value below an unlinked directory goes with it.
         let unlinked: Vec<String> = plan.unlinked_directories.keys().cloned().collect();
-        plan.damaged_values
-            .retain(|key| !unlinked.iter().any(|dir| key.starts_with(&format!("{dir}/"))));
+        plan.damaged_values.retain(|key| {
+            !unlinked
+                .iter()
+                .any(|dir| key.starts_with(&format!("{dir}/")))
+        });
         plan
     }
 
@@ -130,18 +133,30 @@ impl RepairPlan {
     }
 
     /// Refuses what a repair must never do (checked before any write).
-    pub fn check_allowed(&self, max_damage: u64, critical: &[String], dir: &std::path::Path) -> Result<(), FsckError> {
+    pub fn check_allowed(
+        &self,
+        max_damage: u64,
+        critical: &[String],
+        dir: &std::path::Path,
+    ) -> Result<(), FsckError> {
         let data_dir = dir.display().to_string();
         if self.root_unreadable {
             return Err(FsckError::RootUnreadable { data_dir });
         }
         let critical = self.critical_paths(critical);
         if !critical.is_empty() {
-            return Err(FsckError::CriticalDamage { paths: critical, data_dir });
+            return Err(FsckError::CriticalDamage {
+                paths: critical,
+                data_dir,
+            });
         }
         let damaged = self.damaged_keys();
         if damaged > max_damage {
-            return Err(FsckError::TooMuchDamage { damaged, max_damage, data_dir });
+            return Err(FsckError::TooMuchDamage {
+                damaged,
+                max_damage,
+                data_dir,
+            });
         }
         Ok(())
     }
@@ -151,7 +166,11 @@ impl RepairPlan {
         let mut dirty = BTreeSet::from([ROOT_PATH.to_string()]);
         let mut add_parents = |path: &str, include_self: bool| {
             let names: Vec<&str> = path.split('/').collect();
-            let end = if include_self { names.len() } else { names.len() - 1 };
+            let end = if include_self {
+                names.len()
+            } else {
+                names.len() - 1
+            };
             for i in 1..=end {
                 dirty.insert(names[..i].join("/"));
             }
@@ -162,7 +181,11 @@ impl RepairPlan {
         for dir in self.unlinked_directories.keys() {
             add_parents(dir, false);
         }
-        for dir in self.partly_lost_directories.keys().chain(&self.rebuilt_directories) {
+        for dir in self
+            .partly_lost_directories
+            .keys()
+            .chain(&self.rebuilt_directories)
+        {
             if dir != ROOT_PATH {
                 add_parents(dir, true);
             }
@@ -211,7 +234,9 @@ pub fn repair(
         lost: Vec::new(),
     };
     let root_link = Link::Stored(verification.target.root);
-    let entries = builder.directory(ROOT_PATH, &root_link, 0).unwrap_or_default();
+    let entries = builder
+        .directory(ROOT_PATH, &root_link, 0)
+        .unwrap_or_default();
     let lost = std::mem::take(&mut builder.lost);
     let mut root = tree::build_dir(store.objects(), entries)?;
     let mut moved = Vec::with_capacity(lost.len());
@@ -219,11 +244,19 @@ pub fn repair(
     for (from, entry) in lost {
         let (value, original, kept) = salvage_value(store.objects(), &entry.value, &mut batch);
         let to = place_lost(store.objects(), &mut root, &from, value, revision)?;
-        moved.push(Moved { from, to, original_bytes: original, kept_bytes: kept });
+        moved.push(Moved {
+            from,
+            to,
+            original_bytes: original,
+            kept_bytes: kept,
+        });
     }
     store.objects().pack.write(batch, None, false)?;
     let checkpoint = store.install_root(root, None)?;
-    debug_assert_eq!(checkpoint.revision, revision, "the repair's entries carry its revision");
+    debug_assert_eq!(
+        checkpoint.revision, revision,
+        "the repair's entries carry its revision"
+    );
     Ok(RepairOutcome {
         moved,
         unlinked_directories: plan.unlinked_directories.clone(),
@@ -282,7 +315,11 @@ impl Rebuild<'_> {
 
 /// Builds the `lost+found/` value of a damaged value from its surviving
 /// chunks. Returns (value, original size, bytes kept).
-fn salvage_value(objects: &Objects, value: &EntryValue, batch: &mut PackBatch) -> (EntryValue, u64, u64) {
+fn salvage_value(
+    objects: &Objects,
+    value: &EntryValue,
+    batch: &mut PackBatch,
+) -> (EntryValue, u64, u64) {
     let original = value.size().unwrap_or(0);
     let chunks = surviving_chunks(objects, value);
     let kept: u64 = chunks.iter().map(|(_, len)| len).sum();
@@ -312,7 +349,10 @@ fn chunk_lists(mut entries: Vec<(Hash, u64)>, batch: &mut PackBatch) -> Hash {
         let lists: Vec<(Hash, u64)> = entries
             .chunks(CHUNK_LIST_ENTRIES_MAX)
             .map(|group| {
-                let bytes = encode_chunk_list(&ChunkList { level, entries: group.to_vec() });
+                let bytes = encode_chunk_list(&ChunkList {
+                    level,
+                    entries: group.to_vec(),
+                });
                 let hash = Hash::of(&bytes);
                 batch.add_blob(hash, &bytes);
                 (hash, group.iter().map(|(_, size)| size).sum())

@@ -131,7 +131,8 @@ pub fn now_rfc3339() -> String {
 /// rename, fsync of the directory); records and returns the path.
 pub fn write(data_dir: &Path, report: &mut Report) -> Result<PathBuf, FsckError> {
     let dir = data_dir.join(REPORTS_DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| FsckError::io("create reports directory", &dir, e))?;
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| FsckError::io("create reports directory", &dir, e))?;
     let stamp = report.finished_at.replace(':', "-");
     let mut path = dir.join(format!("fsck-{stamp}.json"));
     let mut n = 1;

@@ -108,7 +108,14 @@ pub fn plan(
         };
         let verification = verifier.verify(&target, observer);
         if verification.is_clean() {
-            return Ok(finish(store, current, checkpoint, verification, true, rejected));
+            return Ok(finish(
+                store,
+                current,
+                checkpoint,
+                verification,
+                true,
+                rejected,
+            ));
         }
         rejected.push((checkpoint.sequence, verification.errors()));
         if fallback.is_none() && !verification.root_unreadable() {
@@ -116,7 +123,14 @@ pub fn plan(
         }
     }
     match fallback {
-        Some((checkpoint, verification)) => Ok(finish(store, current, checkpoint, verification, false, rejected)),
+        Some((checkpoint, verification)) => Ok(finish(
+            store,
+            current,
+            checkpoint,
+            verification,
+            false,
+            rejected,
+        )),
         None => Err(FsckError::NoUsableCheckpoint {
             data_dir: store.dir().display().to_string(),
         }),
@@ -162,7 +176,11 @@ fn diff(store: &Store, current: Hash, target: Hash) -> KeyDiff {
             Some(_) => {}
         }
     }
-    diff.restored = then.keys().filter(|k| !now.contains_key(*k)).cloned().collect();
+    diff.restored = then
+        .keys()
+        .filter(|k| !now.contains_key(*k))
+        .cloned()
+        .collect();
     diff.dropped_count = diff.dropped.len();
     diff.restored_count = diff.restored.len();
     diff.changed_count = diff.changed.len();

@@ -70,7 +70,10 @@ pub struct StartupReport {
 }
 
 /// Opens `dir` for writing after the start-up check (see the module docs).
-pub fn open_for_writing(dir: &Path, policy: &StartupPolicy) -> Result<(Store, StartupReport), FsckError> {
+pub fn open_for_writing(
+    dir: &Path,
+    policy: &StartupPolicy,
+) -> Result<(Store, StartupReport), FsckError> {
     let mut startup = StartupReport::default();
     let store = Store::open(dir, policy.options.clone())?;
     if let Some(dump_file) = dump::pending_restore(dir)? {
@@ -85,7 +88,8 @@ pub fn open_for_writing(dir: &Path, policy: &StartupPolicy) -> Result<(Store, St
     }
     startup.checked = true;
     let target = resolve_target(&store, &TargetChoice::Head)?;
-    let verification = Verifier::new(store.objects(), Depth::Fast, false).verify(&target, &mut Quiet);
+    let verification =
+        Verifier::new(store.objects(), Depth::Fast, false).verify(&target, &mut Quiet);
     startup.errors = verification.errors();
     if verification.is_clean() {
         return Ok((store, startup));
@@ -103,7 +107,14 @@ pub fn open_for_writing(dir: &Path, policy: &StartupPolicy) -> Result<(Store, St
     report.damaged_keys = plan.damaged_keys();
     report.critical_paths = plan.critical_paths(&critical);
     let allowed = plan.check_allowed(policy.auto_repair_keys_max, &critical, dir);
-    let result = allowed.and_then(|()| repair::repair(&store, &verification, policy.auto_repair_keys_max, &critical));
+    let result = allowed.and_then(|()| {
+        repair::repair(
+            &store,
+            &verification,
+            policy.auto_repair_keys_max,
+            &critical,
+        )
+    });
     match result {
         Ok(outcome) => {
             startup.repaired_keys = plan.damaged_keys();
@@ -117,7 +128,9 @@ pub fn open_for_writing(dir: &Path, policy: &StartupPolicy) -> Result<(Store, St
             report.action = ActionTaken::Refused;
             report.action_detail = Some(error.to_string());
             let file = write_report(dir, &mut report);
-            Err(FsckError::StartRefused { message: refusal(dir, &plan, &error, file.as_deref()) })
+            Err(FsckError::StartRefused {
+                message: refusal(dir, &plan, &error, file.as_deref()),
+            })
         }
     }
 }

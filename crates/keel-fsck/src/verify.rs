@@ -32,7 +32,9 @@ use keel_store::tree::{self, Objects};
 use keel_store::{Hash, RecoveryReport, StoreError};
 use serde::Serialize;
 
-use crate::finding::{child_path, Finding, FindingKind, ObjectRole, Severity, ROOT_PATH, STORE_PATH};
+use crate::finding::{
+    child_path, Finding, FindingKind, ObjectRole, Severity, ROOT_PATH, STORE_PATH,
+};
 
 /// How much verification reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -250,7 +252,15 @@ impl<'a> Verifier<'a> {
             return false;
         }
         let mut own_damage = false;
-        let summary = self.walk_node(path, root, None, expected_count, depth, &mut own_damage, observer);
+        let summary = self.walk_node(
+            path,
+            root,
+            None,
+            expected_count,
+            depth,
+            &mut own_damage,
+            observer,
+        );
         if let Some(summary) = &summary {
             if let Some(expected) = expected_count.filter(|&e| e != summary.count) {
                 let detail = format!(
@@ -293,7 +303,11 @@ impl<'a> Verifier<'a> {
     }
 
     /// Loads and verifies one directory node, classifying any failure.
-    fn load_node(&mut self, hash: Hash, role: ObjectRole) -> Result<std::sync::Arc<NodeCell>, Problem> {
+    fn load_node(
+        &mut self,
+        hash: Hash,
+        role: ObjectRole,
+    ) -> Result<std::sync::Arc<NodeCell>, Problem> {
         match self.objects.node(&hash) {
             Ok(cell) => Ok(cell),
             Err(error) => Err(self.classify(hash, role, error, TAG_CHUNK_LIST)),
@@ -302,16 +316,24 @@ impl<'a> Verifier<'a> {
 
     /// Turns a failed load into a problem. `foreign_tag` is the tag of the
     /// object type that does not belong where `hash` is referenced.
-    fn classify(&self, hash: Hash, role: ObjectRole, error: StoreError, foreign_tag: u8) -> Problem {
+    fn classify(
+        &self,
+        hash: Hash,
+        role: ObjectRole,
+        error: StoreError,
+        foreign_tag: u8,
+    ) -> Problem {
         let (kind, detail) = match error {
             StoreError::MissingBlob { .. } => (FindingKind::MissingBlob, String::new()),
-            StoreError::CorruptBlob { actual, .. } => {
-                (FindingKind::CorruptBlob, format!("its bytes hash to {actual}"))
-            }
+            StoreError::CorruptBlob { actual, .. } => (
+                FindingKind::CorruptBlob,
+                format!("its bytes hash to {actual}"),
+            ),
             StoreError::Undecodable { reason, .. } => {
                 let tag = self.objects.pack.get(&hash).ok().and_then(|b| tag_of(&b));
                 let wrong = tag == Some(foreign_tag)
-                    || (foreign_tag != TAG_CHUNK_LIST && matches!(tag, Some(TAG_LEAF | TAG_BRANCH)));
+                    || (foreign_tag != TAG_CHUNK_LIST
+                        && matches!(tag, Some(TAG_LEAF | TAG_BRANCH)));
                 if wrong {
                     let found = if foreign_tag == TAG_CHUNK_LIST {
                         "a chunk list where a directory node belongs"
@@ -360,7 +382,11 @@ impl<'a> Verifier<'a> {
                 return None;
             }
         };
-        let bytes = self.objects.pack.location(&hash).map_or(0, |l| u64::from(l.len));
+        let bytes = self
+            .objects
+            .pack
+            .location(&hash)
+            .map_or(0, |l| u64::from(l.len));
         self.count_object(bytes, observer);
         let level = cell.node.level();
         if let Some(expected) = expected_level.filter(|&e| e != level) {
@@ -397,7 +423,12 @@ impl<'a> Verifier<'a> {
                         observer,
                     );
                     if let Some(summary) = summary {
-                        if let Some(detail) = child_mismatch(child.count, &child.last, &summary, previous_last.as_ref()) {
+                        if let Some(detail) = child_mismatch(
+                            child.count,
+                            &child.last,
+                            &summary,
+                            previous_last.as_ref(),
+                        ) {
                             *own_damage = true;
                             self.structure(path, child_hash, ObjectRole::DirectoryNode, detail);
                         }
@@ -436,7 +467,10 @@ impl<'a> Verifier<'a> {
                     self.push(path, problem.clone(), Severity::Error, None);
                 }
                 if verdict.level.is_some() && verdict.covered != *size {
-                    let detail = format!("the value claims {size} bytes, its chunk list covers {}", verdict.covered);
+                    let detail = format!(
+                        "the value claims {size} bytes, its chunk list covers {}",
+                        verdict.covered
+                    );
                     self.structure(path, *list, ObjectRole::Value, detail);
                 }
             }
@@ -498,19 +532,26 @@ impl<'a> Verifier<'a> {
         };
         let bytes = match self.objects.pack.get(&hash) {
             Ok(bytes) => bytes,
-            Err(error) => return unreadable(self.classify(hash, ObjectRole::ChunkList, error, TAG_LEAF)),
+            Err(error) => {
+                return unreadable(self.classify(hash, ObjectRole::ChunkList, error, TAG_LEAF))
+            }
         };
         self.count_object(bytes.len() as u64, observer);
         let list = match decode_chunk_list(&bytes) {
             Ok(list) => list,
             Err(reason) => {
-                let error = StoreError::Undecodable { what: "chunk list", hash, reason };
+                let error = StoreError::Undecodable {
+                    what: "chunk list",
+                    hash,
+                    reason,
+                };
                 return unreadable(self.classify(hash, ObjectRole::ChunkList, error, TAG_LEAF));
             }
         };
         let mut problems = Vec::new();
         for (entry, size) in &list.entries {
-            if let Some(problem) = self.check_list_entry(hash, list.level, *entry, *size, observer) {
+            if let Some(problem) = self.check_list_entry(hash, list.level, *entry, *size, observer)
+            {
                 problems.push(problem);
             }
             if list.level > 0 {
@@ -607,7 +648,10 @@ pub fn recovery_findings(recovery: &RecoveryReport) -> Vec<Finding> {
         ));
     }
     if recovery.padded_gaps > 0 {
-        notes.push(format!("{} damaged pack range(s) padded over", recovery.padded_gaps));
+        notes.push(format!(
+            "{} damaged pack range(s) padded over",
+            recovery.padded_gaps
+        ));
     }
     if let Some(path) = &recovery.quarantined {
         if recovery.truncated_bytes > 0 {

@@ -13,10 +13,18 @@ use keel_fsck::startup::{open_for_writing, StartupPolicy};
 use keel_fsck::FsckError;
 use keel_store::{Store, StoreOptions, Txn};
 
-fn dump_current(dir: &Path, file: &Path, ignore_failed_read: bool) -> Result<dump::Manifest, FsckError> {
+fn dump_current(
+    dir: &Path,
+    file: &Path,
+    ignore_failed_read: bool,
+) -> Result<dump::Manifest, FsckError> {
     let store = Store::open_read_only(dir).unwrap();
     let target = resolve_target(&store, &TargetChoice::Head).unwrap();
-    let source = Source { revision: target.revision, checkpoint: target.checkpoint, root: target.root };
+    let source = Source {
+        revision: target.revision,
+        checkpoint: target.checkpoint,
+        root: target.root,
+    };
     dump::dump(&store, source, file, ignore_failed_read)
 }
 
@@ -54,13 +62,23 @@ fn a_dump_restores_into_an_existing_store_with_higher_revisions() {
     let highest = store.revision();
     store.close().unwrap();
     let outcome = restore(target.path(), &file).unwrap();
-    assert!(outcome.checkpoint.revision > highest, "revisions keep increasing after a restore");
-    assert_eq!(read_all(target.path()), state, "the dump's contents replace the store's");
+    assert!(
+        outcome.checkpoint.revision > highest,
+        "revisions keep increasing after a restore"
+    );
+    assert_eq!(
+        read_all(target.path()),
+        state,
+        "the dump's contents replace the store's"
+    );
     let report = fsck(target.path(), Requested::ReportOnly);
     assert_eq!(report.exit_code(), 0, "{:#?}", report.findings);
     let restored = Store::open_read_only(target.path()).unwrap();
     let entry = restored.get("apps/web/cfg").unwrap().unwrap();
-    assert_eq!(entry.revision, outcome.checkpoint.revision, "restored entries carry the new revision");
+    assert_eq!(
+        entry.revision, outcome.checkpoint.revision,
+        "restored entries carry the new revision"
+    );
 }
 
 /// Offset of the first byte of `key`'s value inside a tar file.
@@ -96,7 +114,10 @@ fn tampered_and_truncated_archives_are_rejected_with_no_change() {
         ("value bytes changed", tampered),
         ("a value changed", manifest_tampered),
         ("truncated in the values", bytes[..bytes.len() / 2].to_vec()),
-        ("truncated before the integrity entry", bytes[..bytes.len() - 2048].to_vec()),
+        (
+            "truncated before the integrity entry",
+            bytes[..bytes.len() - 2048].to_vec(),
+        ),
         ("empty", Vec::new()),
         ("not a tar", b"hello, world".repeat(100)),
     ];
@@ -104,8 +125,14 @@ fn tampered_and_truncated_archives_are_rejected_with_no_change() {
         let bad = archive.path().join("bad.tar");
         std::fs::write(&bad, damaged).unwrap();
         let error = restore(target.path(), &bad).unwrap_err();
-        assert!(matches!(error, FsckError::BadArchive { .. }), "{what}: {error}");
-        assert!(error.to_string().contains("nothing was changed"), "{what}: {error}");
+        assert!(
+            matches!(error, FsckError::BadArchive { .. }),
+            "{what}: {error}"
+        );
+        assert!(
+            error.to_string().contains("nothing was changed"),
+            "{what}: {error}"
+        );
         assert_eq!(files(target.path()), before, "{what}: nothing changed");
     }
 }
@@ -119,13 +146,19 @@ fn ignore_failed_read_dumps_what_a_damaged_store_can_read() {
     let archive = tempfile::tempdir().unwrap();
     let file = archive.path().join("store.tar");
     let error = dump_current(dir.path(), &file, false).unwrap_err();
-    assert!(error.to_string().contains("--ignore-failed-read"), "{error}");
+    assert!(
+        error.to_string().contains("--ignore-failed-read"),
+        "{error}"
+    );
     assert!(!file.exists(), "a failed dump leaves no archive");
     let manifest = dump_current(dir.path(), &file, true).unwrap();
     let skipped: Vec<&str> = manifest.skipped.iter().map(|s| s.path.as_str()).collect();
     assert_eq!(skipped, ["apps/db", "apps/web/cfg"]);
     let target = tempfile::tempdir().unwrap();
-    Store::init(target.path(), StoreOptions::default()).unwrap().close().unwrap();
+    Store::init(target.path(), StoreOptions::default())
+        .unwrap()
+        .close()
+        .unwrap();
     restore(target.path(), &file).unwrap();
     let mut expected = state.clone();
     expected.retain(|k, _| k != "apps/web/cfg" && !k.starts_with("apps/db/"));
@@ -146,23 +179,37 @@ fn a_restore_marker_is_honoured_once_at_start() {
     store.close().unwrap();
     dump::request_restore(target.path(), &file).unwrap();
     let (store, startup) = open_for_writing(target.path(), &StartupPolicy::default()).unwrap();
-    assert_eq!(startup.restored_from.as_deref(), Some(std::fs::canonicalize(&file).unwrap().as_path()));
+    assert_eq!(
+        startup.restored_from.as_deref(),
+        Some(std::fs::canonicalize(&file).unwrap().as_path())
+    );
     store.commit(&[Txn::put("after", "restore")]).unwrap();
     store.close().unwrap();
     let mut expected = state.clone();
     expected.insert("after".into(), b"restore".to_vec());
     assert_eq!(read_all(target.path()), expected);
-    assert!(!target.path().join("dump/RESTORE").exists(), "the marker is renamed");
-    let done = std::fs::read_dir(target.path().join("dump")).unwrap().count();
+    assert!(
+        !target.path().join("dump/RESTORE").exists(),
+        "the marker is renamed"
+    );
+    let done = std::fs::read_dir(target.path().join("dump"))
+        .unwrap()
+        .count();
     assert_eq!(done, 1, "RESTORE.done-<time> remains");
     let (store, startup) = open_for_writing(target.path(), &StartupPolicy::default()).unwrap();
-    assert!(startup.restored_from.is_none(), "a second start does not restore again");
+    assert!(
+        startup.restored_from.is_none(),
+        "a second start does not restore again"
+    );
     drop(store);
 
     // A marker that is a file holding a relative path works too.
     std::fs::copy(&file, target.path().join("dump/copy.tar")).unwrap();
     std::fs::write(target.path().join("dump/RESTORE"), "copy.tar\n").unwrap();
     let (_, startup) = open_for_writing(target.path(), &StartupPolicy::default()).unwrap();
-    assert_eq!(startup.restored_from, Some(target.path().join("dump/copy.tar")));
+    assert_eq!(
+        startup.restored_from,
+        Some(target.path().join("dump/copy.tar"))
+    );
     assert_eq!(read_all(target.path()), state);
 }

@@ -31,10 +31,18 @@ fn thirty_percent_of_twenty_thousand_blobs_damaged_are_all_found_and_repaired() 
             let key = format!("d{:02}/e{:02}/f{}/k{i:05}", i % 17, i % 13, i % 3);
             // 1-3 KiB: above the inline limit, so each value is one blob.
             let value = noise(seed ^ (i as u64 + 1), rng.gen_range(1100..3072));
-            ops.push(Op::Put { key: key.clone(), value: value.clone().into() });
+            ops.push(Op::Put {
+                key: key.clone(),
+                value: value.clone().into(),
+            });
             state.insert(key, value);
         }
-        store.commit(&[Txn { compare: vec![], ops }]).unwrap();
+        store
+            .commit(&[Txn {
+                compare: vec![],
+                ops,
+            }])
+            .unwrap();
     }
     store.checkpoint().unwrap();
     store.close().unwrap();
@@ -42,21 +50,52 @@ fn thirty_percent_of_twenty_thousand_blobs_damaged_are_all_found_and_repaired() 
     let each = KEYS * DAMAGED_PERCENT / 100 / 2;
     let deleted = corrupt(dir.path(), Mode::DeleteBlob, None, each, seed).unwrap();
     let flipped = corrupt(dir.path(), Mode::FlipBits, None, each, seed.wrapping_add(1)).unwrap();
-    let damaged: BTreeSet<String> = deleted.damaged.iter().chain(&flipped.damaged).map(|d| d.path.clone()).collect();
-    assert_eq!(damaged.len(), 2 * each, "each damaged blob belongs to one key");
+    let damaged: BTreeSet<String> = deleted
+        .damaged
+        .iter()
+        .chain(&flipped.damaged)
+        .map(|d| d.path.clone())
+        .collect();
+    assert_eq!(
+        damaged.len(),
+        2 * each,
+        "each damaged blob belongs to one key"
+    );
 
-    let report = check::run(&options(dir.path(), Requested::ReportOnly), &mut Answer(Choice::Quit)).unwrap();
+    let report = check::run(
+        &options(dir.path(), Requested::ReportOnly),
+        &mut Answer(Choice::Quit),
+    )
+    .unwrap();
     let found: BTreeSet<String> = error_paths(&report).into_iter().collect();
-    assert_eq!(found, damaged, "fsck finds every damaged key and nothing else");
+    assert_eq!(
+        found, damaged,
+        "fsck finds every damaged key and nothing else"
+    );
 
     let mut repair = options(dir.path(), Requested::Repair);
     repair.max_damage = KEYS as u64;
     let report = check::run(&repair, &mut Answer(Choice::Quit)).unwrap();
-    assert_eq!(report.action, ActionTaken::Repaired, "{:?}", report.action_detail);
-    let moved: BTreeSet<String> = report.repair.unwrap().moved.into_iter().map(|m| m.from).collect();
+    assert_eq!(
+        report.action,
+        ActionTaken::Repaired,
+        "{:?}",
+        report.action_detail
+    );
+    let moved: BTreeSet<String> = report
+        .repair
+        .unwrap()
+        .moved
+        .into_iter()
+        .map(|m| m.from)
+        .collect();
     assert_eq!(moved, damaged);
 
-    let second = check::run(&options(dir.path(), Requested::ReportOnly), &mut Answer(Choice::Quit)).unwrap();
+    let second = check::run(
+        &options(dir.path(), Requested::ReportOnly),
+        &mut Answer(Choice::Quit),
+    )
+    .unwrap();
     assert_eq!(second.findings, vec![], "the second fsck is clean");
     let after = read_all(dir.path());
     for (key, value) in &state {
@@ -71,6 +110,9 @@ fn thirty_percent_of_twenty_thousand_blobs_damaged_are_all_found_and_repaired() 
         .filter_map(|k| k.strip_prefix("lost+found/"))
         .map(str::to_string)
         .collect();
-    assert_eq!(lost_found, damaged, "lost+found holds exactly the damaged keys");
+    assert_eq!(
+        lost_found, damaged,
+        "lost+found holds exactly the damaged keys"
+    );
     assert_eq!(after.len(), KEYS);
 }

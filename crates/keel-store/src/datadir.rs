@@ -472,6 +472,9 @@ mod tests {
         let foreign = tempfile::tempdir().unwrap();
         std::fs::write(foreign.path().join(IDENTITY_FILE), b"{").unwrap();
         assert!(restore_identity(foreign.path()).is_err());
-        assert_eq!(std::fs::read(foreign.path().join(IDENTITY_FILE)).unwrap(), b"{");
+        assert_eq!(
+            std::fs::read(foreign.path().join(IDENTITY_FILE)).unwrap(),
+            b"{"
+        );
     }
 }

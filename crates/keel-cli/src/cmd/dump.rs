@@ -28,9 +28,11 @@ pub struct DumpArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(after_help = "The archive is verified completely before anything changes. \
+#[command(
+    after_help = "The archive is verified completely before anything changes. \
 The store's existing contents are REPLACED by the dump's (as a new checkpoint; \
-older checkpoints stay readable). A missing or empty data directory is initialised first.")]
+older checkpoints stay readable). A missing or empty data directory is initialised first."
+)]
 pub struct RestoreArgs {
     #[command(flatten)]
     pub target: DataDirArg,
@@ -84,7 +86,8 @@ pub fn restore(args: &RestoreArgs, out: Output) -> anyhow::Result<()> {
     if args.at_next_start {
         keel_store::datadir::read_identity(dir)?;
         let marker = dump::request_restore(dir, &args.file)?;
-        let body = serde_json::json!({ "marker": marker, "file": args.file, "keys": manifest.keys.len() });
+        let body =
+            serde_json::json!({ "marker": marker, "file": args.file, "keys": manifest.keys.len() });
         return out.emit(&body, || {
             format!(
                 "verified {} ({} keys); the next start of {} restores from it ({})",

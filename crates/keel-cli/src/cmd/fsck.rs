@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use keel_fsck::check::{self, Choice, FsckOptions, Prompt, Requested, TargetChoice, Ui};
-use keel_fsck::report::{ActionTaken, Report};
 use keel_fsck::repair::MAX_DAMAGE_KEYS_DEFAULT;
+use keel_fsck::report::{ActionTaken, Report};
 use keel_fsck::verify::{Observer, VerifyStats};
 use keel_store::Hash;
 
@@ -19,11 +19,13 @@ use crate::output::{CliError, Output};
 const PROGRESS_DELAY: Duration = Duration::from_secs(2);
 
 #[derive(Args, Debug)]
-#[command(after_help = "Exit codes: 0 clean; 1 problems found (even if repaired); 2 could not run \
+#[command(
+    after_help = "Exit codes: 0 clean; 1 problems found (even if repaired); 2 could not run \
 (bad arguments, store in use for --repair/--rollback, not a Keel store).\n\
 On a terminal, fsck lists the damage and asks: save (repair), rollback or quit; \
 --yes answers with the default (save). Without a terminal and without --repair or \
---rollback, it only reports.")]
+--rollback, it only reports."
+)]
 pub struct FsckArgs {
     #[command(flatten)]
     pub target: DataDirArg,
@@ -250,7 +252,11 @@ impl Observer for CliUi {
 impl Ui for CliUi {
     fn choose(&mut self, prompt: &Prompt<'_>) -> Choice {
         self.finish_progress();
-        for finding in prompt.findings.iter().filter(|f| f.is_error() || !self.quiet) {
+        for finding in prompt
+            .findings
+            .iter()
+            .filter(|f| f.is_error() || !self.quiet)
+        {
             println!("{}", finding.line());
         }
         self.printed_findings = !self.json;

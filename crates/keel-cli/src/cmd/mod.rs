@@ -35,7 +35,11 @@ impl DataDirArg {
         };
         let (store, startup) = keel_fsck::startup::open_for_writing(&self.data_dir, &policy)?;
         if let Some(dump) = &startup.restored_from {
-            eprintln!("keel: restored {} from {} (dump/RESTORE)", self.data_dir.display(), dump.display());
+            eprintln!(
+                "keel: restored {} from {} (dump/RESTORE)",
+                self.data_dir.display(),
+                dump.display()
+            );
         }
         if startup.repaired_keys > 0 {
             let report = startup

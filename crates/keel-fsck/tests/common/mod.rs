@@ -33,7 +33,12 @@ pub fn commit(store: &Store, state: &mut State, puts: Vec<(String, Vec<u8>)>) {
             value: value.clone().into(),
         })
         .collect();
-    store.commit(&[Txn { compare: vec![], ops }]).unwrap();
+    store
+        .commit(&[Txn {
+            compare: vec![],
+            ops,
+        }])
+        .unwrap();
     store.checkpoint().unwrap();
     state.extend(puts);
 }
@@ -136,7 +141,11 @@ fn files_into(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
     for entry in std::fs::read_dir(dir).unwrap() {
         let entry = entry.unwrap();
         let path = entry.path();
-        let name = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let name = path
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         if name.starts_with("reports") || name == "DIRTY" || name == "LOCK" {
             continue;
         }
