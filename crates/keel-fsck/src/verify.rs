@@ -20,6 +20,11 @@
 //!
 //! A [`Verifier`] keeps its verdicts across calls, so checking several
 //! checkpoints (rollback) reads each shared object once.
+//!
+//! For speed, a full verification first collects every data chunk the tree
+//! reaches, then reads them in file order and hashes them on up to
+//! [`VERIFY_THREADS_MAX`] threads; the walk that follows only looks up their
+//! verdicts. Directory nodes and chunk lists are verified during the walk.
 
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
@@ -35,6 +40,7 @@ use serde::Serialize;
 use crate::finding::{
     child_path, Finding, FindingKind, ObjectRole, Severity, ROOT_PATH, STORE_PATH,
 };
+use crate::salvage::readable_values;
 
 /// How much verification reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -133,6 +139,15 @@ struct ListVerdict {
 
 /// Emit progress at most this often (objects).
 const PROGRESS_EVERY_OBJECTS: u64 = 256;
+/// Threads that read and hash data chunks in a full verification.
+pub const VERIFY_THREADS_MAX: usize = 4;
+/// Chunks handed to the hashing threads at once (progress is reported between batches).
+const CHUNK_BATCH_ITEMS: usize = 1024;
+/// Largest run of neighbouring chunks read with one `pread`.
+const SPAN_BYTES_MAX: u64 = 8 * 1024 * 1024;
+/// Bytes of other records tolerated between two chunks of one run.
+const SPAN_GAP_BYTES_MAX: u64 = 64 * 1024;
+const _: () = assert!(SPAN_GAP_BYTES_MAX < SPAN_BYTES_MAX);
 
 /// Walks trees and remembers what it verified.
 pub struct Verifier<'a> {
@@ -144,6 +159,8 @@ pub struct Verifier<'a> {
     chunks: HashMap<Hash, Result<u64, Problem>>,
     lists: HashMap<Hash, Rc<ListVerdict>>,
     clean_directories: HashSet<Hash>,
+    /// Threads hashing data chunks in a full verification.
+    threads: usize,
     stats: VerifyStats,
     findings: Vec<Finding>,
     last_progress: u64,
@@ -165,6 +182,9 @@ impl<'a> Verifier<'a> {
             chunks: HashMap::new(),
             lists: HashMap::new(),
             clean_directories: HashSet::new(),
+            threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .clamp(1, VERIFY_THREADS_MAX),
             stats: VerifyStats::default(),
             findings: Vec::new(),
             last_progress: 0,
@@ -175,11 +195,19 @@ impl<'a> Verifier<'a> {
         self.depth
     }
 
+    /// Sets how many threads hash data chunks (1 to [`VERIFY_THREADS_MAX`]).
+    pub fn set_threads(&mut self, threads: usize) {
+        self.threads = threads.clamp(1, VERIFY_THREADS_MAX);
+    }
+
     /// Verifies the tree rooted at `target.root`.
     pub fn verify(&mut self, target: &Target, observer: &mut dyn Observer) -> Verification {
         let started = Instant::now();
         let before = self.stats.clone();
         self.findings.clear();
+        if self.depth == Depth::Full {
+            self.prefetch_chunks(target.root, observer);
+        }
         self.walk_dir(ROOT_PATH, target.root, None, 0, observer);
         observer.progress(&self.stats);
         let mut stats = VerifyStats {
@@ -490,13 +518,13 @@ impl<'a> Verifier<'a> {
             return verdict.clone();
         }
         let verdict = match self.depth {
-            Depth::Full => match self.objects.pack.get(&hash) {
-                Ok(bytes) => {
-                    self.count_object(bytes.len() as u64, observer);
-                    Ok(bytes.len() as u64)
+            Depth::Full => {
+                let verdict = chunk_verdict(self.objects, hash);
+                if let Ok(len) = verdict {
+                    self.count_object(len, observer);
                 }
-                Err(error) => Err(self.classify(hash, ObjectRole::Chunk, error, 0)),
-            },
+                verdict
+            }
             Depth::Fast => match self.objects.pack.location(&hash) {
                 Some(location) => {
                     self.count_object(0, observer);
@@ -602,6 +630,200 @@ impl<'a> Verifier<'a> {
             Some(_) => None,
         }
     }
+}
+
+impl Verifier<'_> {
+    /// Reads and hashes every data chunk reachable from `root` that has no
+    /// verdict yet, in file order, on several threads.
+    fn prefetch_chunks(&mut self, root: Hash, observer: &mut dyn Observer) {
+        let mut wanted = Vec::new();
+        let mut seen = HashSet::new();
+        for (_, (entry, _)) in readable_values(self.objects, &Link::Stored(root)) {
+            let chunks = match entry.value {
+                EntryValue::Blob { hash, .. } => vec![hash],
+                EntryValue::Chunked { list, .. } => list_chunks(self.objects, list),
+                _ => Vec::new(),
+            };
+            for hash in chunks {
+                if !self.chunks.contains_key(&hash) && seen.insert(hash) {
+                    wanted.push(hash);
+                }
+            }
+        }
+        let pack = &self.objects.pack;
+        wanted.sort_by_key(|hash| pack.location(hash).map(|l| (l.segment, l.offset)));
+        for batch in wanted.chunks(CHUNK_BATCH_ITEMS * self.threads) {
+            let verdicts = verify_parallel(self.objects, batch, self.threads);
+            for (hash, verdict) in batch.iter().zip(verdicts) {
+                if let Ok(len) = verdict {
+                    self.count_object(len, observer);
+                }
+                self.chunks.insert(*hash, verdict);
+            }
+        }
+    }
+}
+
+/// Verdicts for `hashes` (in file order), computed by `threads` threads,
+/// each over a contiguous part, so that each reads its part forwards.
+fn verify_parallel(
+    objects: &Objects,
+    hashes: &[Hash],
+    threads: usize,
+) -> Vec<Result<u64, Problem>> {
+    if threads <= 1 || hashes.len() < 2 {
+        return verify_run(objects, hashes);
+    }
+    let per_thread = hashes.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = hashes
+            .chunks(per_thread)
+            .map(|part| scope.spawn(move || verify_run(objects, part)))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|worker| worker.join().expect("a hashing thread does not panic"))
+            .collect()
+    })
+}
+
+/// Verdicts for chunks in file order. Chunks of sealed segments are hashed
+/// in place from a read-only memory map of the segment; chunks of the active
+/// segment are read in runs (one `pread` for neighbours) into a reused
+/// buffer. A chunk whose bytes do not hash to its name (or cannot be reached
+/// that way) is read again through the pack, which gives the exact verdict.
+fn verify_run(objects: &Objects, hashes: &[Hash]) -> Vec<Result<u64, Problem>> {
+    let pack = &objects.pack;
+    let active = pack.segment_ids().last().copied();
+    let locations: Vec<_> = hashes.iter().map(|h| pack.location(h)).collect();
+    let mut out = Vec::with_capacity(hashes.len());
+    let mut segments = SegmentReader::default();
+    let mut i = 0;
+    while i < hashes.len() {
+        let Some(first) = locations[i] else {
+            out.push(chunk_verdict(objects, hashes[i]));
+            i += 1;
+            continue;
+        };
+        let (start, mut end, mut j) = (first.offset, first.offset + u64::from(first.len), i + 1);
+        while let Some(Some(next)) = locations.get(j) {
+            let next_end = next.offset + u64::from(next.len);
+            let joins = next.segment == first.segment
+                && next.offset >= end
+                && next.offset - end <= SPAN_GAP_BYTES_MAX
+                && next_end - start <= SPAN_BYTES_MAX;
+            if !joins {
+                break;
+            }
+            end = next_end;
+            j += 1;
+        }
+        let sealed = Some(first.segment) != active;
+        let span = segments.span(pack, first.segment, sealed, start, end);
+        for k in i..j {
+            let location = locations[k].expect("runs hold located chunks");
+            let at = (location.offset - start) as usize;
+            let matches = span
+                .is_some_and(|bytes| Hash::of(&bytes[at..at + location.len as usize]) == hashes[k]);
+            out.push(if matches {
+                Ok(u64::from(location.len))
+            } else {
+                chunk_verdict(objects, hashes[k])
+            });
+        }
+        i = j;
+    }
+    out
+}
+
+/// Access to segment bytes for [`verify_run`]: maps of sealed segments,
+/// file handles and a buffer for the active one.
+#[derive(Default)]
+struct SegmentReader {
+    maps: HashMap<u32, Option<memmap2::Mmap>>,
+    files: HashMap<u32, Option<std::fs::File>>,
+    buffer: Vec<u8>,
+}
+
+impl SegmentReader {
+    /// Bytes `start..end` of a segment, or `None` if they cannot be reached.
+    fn span(
+        &mut self,
+        pack: &keel_store::pack::Pack,
+        segment: u32,
+        sealed: bool,
+        start: u64,
+        end: u64,
+    ) -> Option<&[u8]> {
+        let path = pack.segment_path(segment);
+        let file = self
+            .files
+            .entry(segment)
+            .or_insert_with(|| std::fs::File::open(&path).ok())
+            .as_ref()?;
+        if sealed {
+            let map = self.maps.entry(segment).or_insert_with(|| {
+                // SAFETY: a sealed segment is never truncated or written
+                // again (only the active segment is cut, by a writer's
+                // recovery at open; compaction unlinks whole segments, which
+                // leaves a mapping valid), so the mapped bytes stay backed by
+                // the file for as long as the map lives.
+                unsafe { memmap2::Mmap::map(file) }.ok()
+            });
+            return map.as_ref()?.get(start as usize..end as usize);
+        }
+        self.buffer.resize((end - start) as usize, 0);
+        std::os::unix::fs::FileExt::read_exact_at(file, &mut self.buffer, start).ok()?;
+        Some(&self.buffer)
+    }
+}
+
+/// Reads and hashes one data chunk through the pack.
+fn chunk_verdict(objects: &Objects, hash: Hash) -> Result<u64, Problem> {
+    let (kind, detail) = match objects.pack.get(&hash) {
+        Ok(bytes) => return Ok(bytes.len() as u64),
+        Err(StoreError::MissingBlob { .. }) => (FindingKind::MissingBlob, String::new()),
+        Err(StoreError::CorruptBlob { actual, .. }) => (
+            FindingKind::CorruptBlob,
+            format!("its bytes hash to {actual}"),
+        ),
+        Err(other) => (FindingKind::MissingBlob, format!("cannot be read: {other}")),
+    };
+    Err(Problem {
+        blob: hash,
+        kind,
+        role: ObjectRole::Chunk,
+        detail,
+    })
+}
+
+/// The data chunks a chunk list names, as far as its lists can be read.
+fn list_chunks(objects: &Objects, list: Hash) -> Vec<Hash> {
+    let mut out = Vec::new();
+    let mut stack = vec![(list, u8::MAX)];
+    while let Some((hash, above)) = stack.pop() {
+        let Ok(bytes) = objects.pack.get(&hash) else {
+            continue;
+        };
+        let Ok(decoded) = decode_chunk_list(&bytes) else {
+            continue;
+        };
+        if decoded.level >= above {
+            continue;
+        }
+        if decoded.level == 0 {
+            out.extend(decoded.entries.iter().map(|(h, _)| *h));
+        } else {
+            stack.extend(
+                decoded
+                    .entries
+                    .iter()
+                    .rev()
+                    .map(|(h, _)| (*h, decoded.level)),
+            );
+        }
+    }
+    out
 }
 
 /// How a child as its parent describes it differs from what it holds.
