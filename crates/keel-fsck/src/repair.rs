@@ -212,6 +212,9 @@ pub struct RepairOutcome {
     pub rebuilt_directories: BTreeSet<String>,
     /// The checkpoint holding the repaired tree.
     pub checkpoint: Checkpoint,
+    /// Older checkpoints dropped because their trees cannot be walked
+    /// (see [`drop_unwalkable_checkpoints`]).
+    pub dropped_checkpoints: Vec<u64>,
 }
 
 /// Repairs the tree that `verification` checked and installs the result as
@@ -257,13 +260,44 @@ pub fn repair(
         checkpoint.revision, revision,
         "the repair's entries carry its revision"
     );
+    let dropped_checkpoints = drop_unwalkable_checkpoints(store)?;
     Ok(RepairOutcome {
+        dropped_checkpoints,
         moved,
         unlinked_directories: plan.unlinked_directories.clone(),
         partly_lost_directories: plan.partly_lost_directories.clone(),
         rebuilt_directories: plan.rebuilt_directories.clone(),
         checkpoint,
     })
+}
+
+/// Drops retained checkpoints whose directory nodes or chunk lists cannot
+/// all be read, once a clean state is current. Garbage collection must walk
+/// every retained tree and refuses to run while one is damaged, so keeping
+/// them would stop collection until retention dropped them (hours); as
+/// rollback targets they would need a repair anyway. Returns their sequences.
+pub fn drop_unwalkable_checkpoints(store: &Store) -> Result<Vec<u64>, FsckError> {
+    let objects = store.objects();
+    let newest = store.checkpoints().last().map(|c| c.sequence);
+    let mut damaged = BTreeSet::new();
+    for checkpoint in store.checkpoints() {
+        if Some(checkpoint.sequence) == newest {
+            continue;
+        }
+        let mut live = std::collections::HashSet::new();
+        let root = Link::Stored(checkpoint.root);
+        match tree::mark(objects, &root, &mut live, tree::OnDamage::Fail, false) {
+            Ok(()) => {}
+            Err(error) if error.is_damage() => {
+                damaged.insert(checkpoint.sequence);
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    if !damaged.is_empty() {
+        store.forget_checkpoints(&damaged)?;
+    }
+    Ok(damaged.into_iter().collect())
 }
 
 /// The salvage walk: rebuilds dirty directories from their readable entries.

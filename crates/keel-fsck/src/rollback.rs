@@ -85,6 +85,8 @@ pub struct RollbackOutcome {
     pub checkpoint: Checkpoint,
     /// The repair of the chosen checkpoint, when it was not clean.
     pub repair: Option<RepairOutcome>,
+    /// Older checkpoints dropped because their trees cannot be walked.
+    pub dropped_checkpoints: Vec<u64>,
 }
 
 /// Finds the checkpoint to roll back to. `current` is the root that is
@@ -198,19 +200,26 @@ pub fn apply(
     max_damage: u64,
     critical: &[String],
 ) -> Result<RollbackOutcome, FsckError> {
-    let (checkpoint, repair) = if plan.clean {
-        (store.reset_to_root(plan.checkpoint.root, None)?, None)
+    let (checkpoint, repair, dropped_checkpoints) = if plan.clean {
+        let checkpoint = store.reset_to_root(plan.checkpoint.root, None)?;
+        (
+            checkpoint,
+            None,
+            repair::drop_unwalkable_checkpoints(store)?,
+        )
     } else {
         let verification = plan
             .verification
             .as_ref()
             .expect("a plan carries its checkpoint's verification");
         let outcome = repair::repair(store, verification, max_damage, critical)?;
-        (outcome.checkpoint.clone(), Some(outcome))
+        let dropped = outcome.dropped_checkpoints.clone();
+        (outcome.checkpoint.clone(), Some(outcome), dropped)
     };
     Ok(RollbackOutcome {
         plan,
         checkpoint,
         repair,
+        dropped_checkpoints,
     })
 }

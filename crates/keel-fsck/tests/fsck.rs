@@ -87,6 +87,22 @@ fn untouched(state: &State, case: &Case, lost: &BTreeSet<String>) -> State {
         .collect()
 }
 
+/// Garbage collection runs after a repair or rollback: checkpoints whose
+/// trees it could not walk were dropped.
+fn gc_works(dir: &Path, case: &Case) {
+    let store = keel_store::Store::open(dir, Default::default()).unwrap();
+    store
+        .gc(true)
+        .unwrap_or_else(|e| panic!("{:?}: gc after the fix: {e}", case.mode));
+    store.close().unwrap();
+    assert_eq!(
+        fsck(dir, Requested::ReportOnly).errors,
+        0,
+        "{:?}: clean after gc",
+        case.mode
+    );
+}
+
 #[test]
 fn every_damage_kind_is_reported_at_exactly_the_damaged_key() {
     for case in CASES {
@@ -161,6 +177,7 @@ fn repair_moves_exactly_the_damaged_keys_and_a_second_fsck_is_clean() {
         let second = fsck(dir.path(), Requested::ReportOnly);
         assert_eq!(second.errors, 0, "{:?}: {:#?}", case.mode, second.findings);
         assert_eq!(second.exit_code(), 0);
+        gc_works(dir.path(), case);
 
         let after = read_all(dir.path());
         let lost: BTreeSet<String> = current
@@ -246,6 +263,7 @@ fn rollback_returns_to_the_newest_clean_checkpoint_or_repairs_the_newest_readabl
         );
         let second = fsck(dir.path(), Requested::ReportOnly);
         assert_eq!(second.errors, 0, "{:?}: {:#?}", case.mode, second.findings);
+        gc_works(dir.path(), case);
         let after = read_all(dir.path());
         if rollback.plan.clean {
             let sequence = rollback.plan.checkpoint.sequence;

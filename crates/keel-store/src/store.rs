@@ -593,6 +593,23 @@ impl Store {
         )
     }
 
+    /// Durably drops retained checkpoints by sequence (e.g. ones whose trees
+    /// are damaged, which garbage collection could never walk). The newest
+    /// checkpoint and the current state are not affected by this call's
+    /// caller contract: it must not name the checkpoint of the current state.
+    pub fn forget_checkpoints(&self, sequences: &BTreeSet<u64>) -> Result<()> {
+        self.check_writable()?;
+        let mut checkpoints = self.inner.checkpoints.lock();
+        if let Some(newest) = checkpoints.newest() {
+            assert!(
+                !sequences.contains(&newest.sequence),
+                "the newest checkpoint {} cannot be forgotten",
+                newest.sequence
+            );
+        }
+        checkpoints.forget(sequences)
+    }
+
     /// The revision the next [`Store::install_root`] (or [`Store::reset_to_root`])
     /// will take: one above every revision ever used. Repair and restore give
     /// the entries they write this revision.

@@ -121,6 +121,10 @@ fn failure_summary(report: &Report) -> String {
             report.action_detail.as_deref().unwrap_or("")
         ),
         ActionTaken::Declined => format!("{what}; quit without saving, nothing changed"),
+        ActionTaken::None if !report.critical_paths.is_empty() => format!(
+            "{what}, under critical prefixes ({}); a repair will not move them to lost+found/: roll back with `keel fsck --data-dir {dir} --rollback`, or restore a dump with `keel restore --data-dir {dir} FILE`",
+            report.critical_paths.join(", ")
+        ),
         ActionTaken::None => format!(
             "{what}; fix with `keel fsck --data-dir {dir} --repair` (damaged keys move to lost+found/) or `keel fsck --data-dir {dir} --rollback`"
         ),
@@ -149,6 +153,12 @@ fn human(report: &Report, args: &FsckArgs, findings_printed: bool) -> String {
             "repair written as checkpoint {} at revision {}",
             repair.checkpoint.sequence, repair.checkpoint.revision
         ));
+        if !repair.dropped_checkpoints.is_empty() {
+            lines.push(format!(
+                "dropped damaged checkpoints {:?} (garbage collection could not walk them)",
+                repair.dropped_checkpoints
+            ));
+        }
     }
     if let Some(rollback) = &report.rollback {
         lines.push(rollback.plan.summary());
