@@ -652,8 +652,11 @@ impl Verifier<'_> {
         }
         let pack = &self.objects.pack;
         wanted.sort_by_key(|hash| pack.location(hash).map(|l| (l.segment, l.offset)));
+        let mut readers: Vec<SegmentReader> = (0..self.threads)
+            .map(|_| SegmentReader::default())
+            .collect();
         for batch in wanted.chunks(CHUNK_BATCH_ITEMS * self.threads) {
-            let verdicts = verify_parallel(self.objects, batch, self.threads);
+            let verdicts = verify_parallel(self.objects, batch, &mut readers);
             for (hash, verdict) in batch.iter().zip(verdicts) {
                 if let Ok(len) = verdict {
                     self.count_object(len, observer);
@@ -664,21 +667,24 @@ impl Verifier<'_> {
     }
 }
 
-/// Verdicts for `hashes` (in file order), computed by `threads` threads,
-/// each over a contiguous part, so that each reads its part forwards.
+/// Verdicts for `hashes` (in file order), computed by one thread per
+/// reader, each over a contiguous part, so that each reads its part
+/// forwards (and keeps reading forwards from one batch to the next).
 fn verify_parallel(
     objects: &Objects,
     hashes: &[Hash],
-    threads: usize,
+    readers: &mut [SegmentReader],
 ) -> Vec<Result<u64, Problem>> {
-    if threads <= 1 || hashes.len() < 2 {
-        return verify_run(objects, hashes);
+    assert!(!readers.is_empty(), "at least one reader");
+    if readers.len() == 1 || hashes.len() < 2 {
+        return verify_run(objects, hashes, &mut readers[0]);
     }
-    let per_thread = hashes.len().div_ceil(threads);
+    let per_thread = hashes.len().div_ceil(readers.len());
     std::thread::scope(|scope| {
         let workers: Vec<_> = hashes
             .chunks(per_thread)
-            .map(|part| scope.spawn(move || verify_run(objects, part)))
+            .zip(readers.iter_mut())
+            .map(|(part, reader)| scope.spawn(move || verify_run(objects, part, reader)))
             .collect();
         workers
             .into_iter()
@@ -692,12 +698,15 @@ fn verify_parallel(
 /// segment are read in runs (one `pread` for neighbours) into a reused
 /// buffer. A chunk whose bytes do not hash to its name (or cannot be reached
 /// that way) is read again through the pack, which gives the exact verdict.
-fn verify_run(objects: &Objects, hashes: &[Hash]) -> Vec<Result<u64, Problem>> {
+fn verify_run(
+    objects: &Objects,
+    hashes: &[Hash],
+    segments: &mut SegmentReader,
+) -> Vec<Result<u64, Problem>> {
     let pack = &objects.pack;
     let active = pack.segment_ids().last().copied();
     let locations: Vec<_> = hashes.iter().map(|h| pack.location(h)).collect();
     let mut out = Vec::with_capacity(hashes.len());
-    let mut segments = SegmentReader::default();
     let mut i = 0;
     while i < hashes.len() {
         let Some(first) = locations[i] else {
@@ -736,12 +745,13 @@ fn verify_run(objects: &Objects, hashes: &[Hash]) -> Vec<Result<u64, Problem>> {
     out
 }
 
-/// Access to segment bytes for [`verify_run`]: maps of sealed segments,
-/// file handles and a buffer for the active one.
+/// Access to segment bytes for [`verify_run`]: a map of the sealed segment
+/// being read (one at a time: chunks come in file order), and a file handle
+/// and buffer for the active segment.
 #[derive(Default)]
 struct SegmentReader {
-    maps: HashMap<u32, Option<memmap2::Mmap>>,
-    files: HashMap<u32, Option<std::fs::File>>,
+    map: Option<(u32, Option<memmap2::Mmap>)>,
+    active: Option<(u32, Option<std::fs::File>)>,
     buffer: Vec<u8>,
 }
 
@@ -755,25 +765,32 @@ impl SegmentReader {
         start: u64,
         end: u64,
     ) -> Option<&[u8]> {
-        let path = pack.segment_path(segment);
-        let file = self
-            .files
-            .entry(segment)
-            .or_insert_with(|| std::fs::File::open(&path).ok())
-            .as_ref()?;
         if sealed {
-            let map = self.maps.entry(segment).or_insert_with(|| {
-                // SAFETY: a sealed segment is never truncated or written
-                // again (only the active segment is cut, by a writer's
-                // recovery at open; compaction unlinks whole segments, which
-                // leaves a mapping valid), so the mapped bytes stay backed by
-                // the file for as long as the map lives.
-                unsafe { memmap2::Mmap::map(file) }.ok()
-            });
+            if self.map.as_ref().map(|(id, _)| *id) != Some(segment) {
+                let map = std::fs::File::open(pack.segment_path(segment))
+                    .ok()
+                    .and_then(|file| {
+                        // SAFETY: a sealed segment is never truncated or written
+                        // again (only the active segment is cut, by a writer's
+                        // recovery at open; compaction unlinks whole segments,
+                        // which leaves a mapping valid), so the mapped bytes stay
+                        // backed by the file for as long as the map lives.
+                        unsafe { memmap2::Mmap::map(&file) }.ok()
+                    });
+                self.map = Some((segment, map));
+            }
+            let (_, map) = self.map.as_ref().expect("set above");
             return map.as_ref()?.get(start as usize..end as usize);
         }
+        if self.active.as_ref().map(|(id, _)| *id) != Some(segment) {
+            self.active = Some((
+                segment,
+                std::fs::File::open(pack.segment_path(segment)).ok(),
+            ));
+        }
+        let (_, file) = self.active.as_ref().expect("set above");
         self.buffer.resize((end - start) as usize, 0);
-        std::os::unix::fs::FileExt::read_exact_at(file, &mut self.buffer, start).ok()?;
+        std::os::unix::fs::FileExt::read_exact_at(file.as_ref()?, &mut self.buffer, start).ok()?;
         Some(&self.buffer)
     }
 }
