@@ -539,3 +539,69 @@ fn random_damage_to_any_file_never_panics_and_repair_or_rollback_yields_a_workin
     );
     assert!(first_exit[1] > 0, "some damage must be found");
 }
+
+#[test]
+fn quiet_hides_warnings_but_never_errors() {
+    use keel_store::object::{Branch, Child, Link, Name, Node, NodeCell};
+    use keel_store::pack::{CommitRecord, PackBatch};
+    use keel_store::tree;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let store = Store::init(dir.path(), StoreOptions::default()).unwrap();
+    store
+        .commit(&[Txn::put("a", noise(1, 3000)), Txn::put("b", "2")])
+        .unwrap();
+    let objects = store.objects();
+    let leaf = store.snapshot().root().clone();
+    let count = tree::dir_count(objects, &leaf).unwrap();
+    // A root branch over a single child is not canonical: a warning.
+    let wrapped = Link::Loaded(std::sync::Arc::new(NodeCell::new(Node::Branch(Branch {
+        level: 1,
+        children: vec![Child {
+            last: Name::new("b"),
+            count,
+            link: leaf,
+        }],
+    }))));
+    let mut batch = PackBatch::new();
+    let root = tree::flush(objects, &wrapped, &mut batch);
+    let commit = CommitRecord {
+        revision: store.revision() + 1,
+        root,
+        timestamp_ms: 1,
+        meta: vec![],
+    };
+    objects.pack.write(batch, Some(&commit), true).unwrap();
+    drop(store);
+
+    let loud = keel(&["fsck", "--data-dir", d]);
+    assert_eq!(code(&loud), 0, "warnings alone exit 0: {}", text(&loud));
+    assert!(
+        text(&loud).contains("warning: /: non-canonical directory"),
+        "{}",
+        text(&loud)
+    );
+    let quiet = keel(&["fsck", "--data-dir", d, "-q"]);
+    assert!(!text(&quiet).contains("warning:"), "{}", text(&quiet));
+    keel(&[
+        "debug",
+        "corrupt",
+        "--data-dir",
+        d,
+        "--mode",
+        "flip-bits",
+        "--key",
+        "a",
+        "--seed",
+        "1",
+    ]);
+    let quiet = keel(&["fsck", "--data-dir", d, "-q"]);
+    assert_eq!(code(&quiet), 1);
+    assert!(
+        text(&quiet).contains("a: corrupt blob"),
+        "errors are never hidden: {}",
+        text(&quiet)
+    );
+    assert!(!text(&quiet).contains("warning:"), "{}", text(&quiet));
+}

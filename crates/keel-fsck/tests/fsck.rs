@@ -682,3 +682,56 @@ fn ok_dir_hash(store: &keel_store::Store) -> keel_store::Hash {
         _ => unreachable!(),
     }
 }
+
+#[test]
+fn a_non_canonical_directory_is_a_warning_that_repair_rebuilds() {
+    use keel_store::object::{Branch, Child, Link, Node, NodeCell};
+    use keel_store::pack::{CommitRecord, PackBatch};
+    use keel_store::{tree, Store};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::init(dir.path(), Default::default()).unwrap();
+    store
+        .commit(&[
+            keel_store::Txn::put("a", "1"),
+            keel_store::Txn::put("b", "2"),
+        ])
+        .unwrap();
+    let objects = store.objects();
+    let leaf = store.snapshot().root().clone();
+    let count = tree::dir_count(objects, &leaf).unwrap();
+    let last = keel_store::object::Name::new("b");
+    // A branch over a single child: the canonical root is the child itself.
+    let wrapped = Link::Loaded(std::sync::Arc::new(NodeCell::new(Node::Branch(Branch {
+        level: 1,
+        children: vec![Child {
+            last,
+            count,
+            link: leaf,
+        }],
+    }))));
+    let mut batch = PackBatch::new();
+    let root = tree::flush(objects, &wrapped, &mut batch);
+    let commit = CommitRecord {
+        revision: store.revision() + 1,
+        root,
+        timestamp_ms: 1,
+        meta: vec![],
+    };
+    objects.pack.write(batch, Some(&commit), true).unwrap();
+    drop(store);
+
+    let report = fsck(dir.path(), Requested::ReportOnly);
+    assert_eq!(report.errors, 0);
+    assert_eq!(report.warnings, 1, "{:#?}", report.findings);
+    assert_eq!(report.findings[0].kind, FindingKind::NonCanonical);
+    assert_eq!(report.findings[0].path, "/");
+    assert!(report.findings[0]
+        .line()
+        .starts_with("warning: /: non-canonical directory"));
+    assert_eq!(report.exit_code(), 0, "warnings alone are not problems");
+    let repaired = fsck(dir.path(), Requested::Repair);
+    assert_eq!(repaired.action, ActionTaken::Repaired);
+    assert_eq!(fsck(dir.path(), Requested::ReportOnly).findings, vec![]);
+    assert_eq!(read_all(dir.path()).len(), 2);
+}
