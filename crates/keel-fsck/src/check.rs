@@ -137,7 +137,13 @@ pub fn run(options: &FsckOptions, ui: &mut dyn Ui) -> Result<Report, FsckError> 
             ui,
         );
     }
-    if !store.is_read_only() {
+    // Record a clean close only when no known damage is left: otherwise the
+    // `DIRTY` marker stays, so the next writer's start-up check looks again.
+    let fixed = matches!(
+        report.action,
+        ActionTaken::Repaired | ActionTaken::RolledBack
+    );
+    if !store.is_read_only() && (report.errors == 0 || fixed) {
         store.close()?;
     }
     finish(&options.data_dir, report, ui)

@@ -401,6 +401,10 @@ fn damage_over_the_limit_aborts_with_no_side_effect() {
         .unwrap()
         .contains("--max-damage"));
     assert_eq!(files(dir.path()), before, "store bytes unchanged");
+    assert!(
+        dir.path().join("DIRTY").exists(),
+        "known damage left in place keeps the store marked for the start-up check"
+    );
     opts.max_damage = damage.damaged.len() as u64;
     assert_eq!(
         check::run(&opts, &mut Answer(Choice::Repair))
