@@ -595,8 +595,8 @@ impl Store {
 
     /// Durably drops retained checkpoints by sequence (e.g. ones whose trees
     /// are damaged, which garbage collection could never walk). The newest
-    /// checkpoint and the current state are not affected by this call's
-    /// caller contract: it must not name the checkpoint of the current state.
+    /// checkpoint may not be named (asserted): after a repair or rollback it
+    /// holds the current state.
     pub fn forget_checkpoints(&self, sequences: &BTreeSet<u64>) -> Result<()> {
         self.check_writable()?;
         let mut checkpoints = self.inner.checkpoints.lock();
