@@ -95,14 +95,34 @@ impl Manifest {
 
 // ---------------------------------------------------------------- dump
 
+/// What to put in a dump.
+#[derive(Clone, Debug, Default)]
+pub struct DumpOptions {
+    /// Skip what cannot be read (listed in the manifest) instead of failing.
+    pub ignore_failed_read: bool,
+    /// Only keys at or below these prefixes (empty: every key). Like flux's
+    /// fallback dump of the few keys that matter most when no good dump exists.
+    pub prefixes: Vec<String>,
+}
+
+/// Whether `key` is a value lying above every prefix (a prefix reaching
+/// below a value names nothing in it).
+fn is_above(key: &str, prefixes: &[String]) -> bool {
+    prefixes.iter().all(|prefix| {
+        let prefix = prefix.trim_matches('/');
+        prefix != key && prefix.starts_with(&format!("{key}/"))
+    })
+}
+
 /// Writes a dump of the tree `source` of `store` to `file` (atomically:
 /// a `.partial` file renamed into place once complete and durable).
 pub fn dump(
     store: &Store,
     source: Source,
     file: &Path,
-    ignore_failed_read: bool,
+    options: &DumpOptions,
 ) -> Result<Manifest, FsckError> {
+    let ignore_failed_read = options.ignore_failed_read;
     let objects = store.objects();
     let mut values = Vec::new();
     let mut skipped = Vec::new();
@@ -114,6 +134,16 @@ pub fn dump(
         &mut values,
         &mut skipped,
     );
+    if !options.prefixes.is_empty() {
+        let wanted = |path: &str| {
+            options
+                .prefixes
+                .iter()
+                .any(|prefix| crate::finding::touches_prefix(path, prefix))
+        };
+        values.retain(|(key, _, _)| wanted(key) && !is_above(key, &options.prefixes));
+        skipped.retain(|s| wanted(&s.path));
+    }
     if let (false, Some(first)) = (ignore_failed_read, skipped.first()) {
         return Err(FsckError::UnreadableValue {
             key: first.path.clone(),

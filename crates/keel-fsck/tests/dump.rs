@@ -18,6 +18,18 @@ fn dump_current(
     file: &Path,
     ignore_failed_read: bool,
 ) -> Result<dump::Manifest, FsckError> {
+    let options = dump::DumpOptions {
+        ignore_failed_read,
+        prefixes: Vec::new(),
+    };
+    dump_with(dir, file, &options)
+}
+
+fn dump_with(
+    dir: &Path,
+    file: &Path,
+    options: &dump::DumpOptions,
+) -> Result<dump::Manifest, FsckError> {
     let store = Store::open_read_only(dir).unwrap();
     let target = resolve_target(&store, &TargetChoice::Head).unwrap();
     let source = Source {
@@ -25,7 +37,7 @@ fn dump_current(
         checkpoint: target.checkpoint,
         root: target.root,
     };
-    dump::dump(&store, source, file, ignore_failed_read)
+    dump::dump(&store, source, file, options)
 }
 
 fn restore(dir: &Path, file: &Path) -> Result<dump::RestoreOutcome, FsckError> {
@@ -212,4 +224,34 @@ fn a_restore_marker_is_honoured_once_at_start() {
         Some(target.path().join("dump/copy.tar"))
     );
     assert_eq!(read_all(target.path()), state);
+}
+
+#[test]
+fn a_dump_can_hold_only_the_keys_that_matter_most() {
+    // flux-core: with no known good dump, make one of the critical keys only.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, state) = build(dir.path());
+    corrupt(dir.path(), Mode::DeleteBlob, Some("many/k003"), 1, 1).unwrap();
+    let archive = tempfile::tempdir().unwrap();
+    let file = archive.path().join("critical.tar");
+    let options = dump::DumpOptions {
+        ignore_failed_read: false,
+        prefixes: vec!["apps/web".into(), "top".into()],
+    };
+    let manifest = dump_with(dir.path(), &file, &options).unwrap();
+    let keys: Vec<&str> = manifest.keys.iter().map(|k| k.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["apps/web/cfg", "apps/web/logo", "top"],
+        "damage elsewhere does not matter"
+    );
+    let target = tempfile::tempdir().unwrap();
+    Store::init(target.path(), StoreOptions::default())
+        .unwrap()
+        .close()
+        .unwrap();
+    restore(target.path(), &file).unwrap();
+    let mut expected = state.clone();
+    expected.retain(|k, _| k.starts_with("apps/web/") || k == "top");
+    assert_eq!(read_all(target.path()), expected);
 }

@@ -23,6 +23,10 @@ pub struct DumpArgs {
     /// manifest) instead of failing: an emergency dump of a damaged store.
     #[arg(long)]
     pub ignore_failed_read: bool,
+    /// Dump only keys at or below this prefix (repeatable), e.g. the
+    /// critical ones when no good dump exists.
+    #[arg(long, value_name = "PREFIX")]
+    pub prefix: Vec<String>,
     /// The archive to write (a tar file; written atomically).
     pub file: PathBuf,
 }
@@ -56,7 +60,11 @@ pub fn dump(args: &DumpArgs, out: Output) -> anyhow::Result<()> {
         checkpoint: target.checkpoint,
         root: target.root,
     };
-    let manifest = dump::dump(&store, source, &args.file, args.ignore_failed_read)?;
+    let options = dump::DumpOptions {
+        ignore_failed_read: args.ignore_failed_read,
+        prefixes: args.prefix.clone(),
+    };
+    let manifest = dump::dump(&store, source, &args.file, &options)?;
     let summary = serde_json::json!({
         "file": args.file,
         "store_id": manifest.store_id,
