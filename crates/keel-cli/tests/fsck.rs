@@ -296,6 +296,25 @@ fn verbose_lists_every_path_and_the_store_in_use_refuses_repair_with_exit_2() {
         ])),
         2
     );
+    let emergency = dir.path().join("emergency.tar");
+    let dumped = keel_once(&[
+        "dump",
+        "--data-dir",
+        d,
+        "--ignore-failed-read",
+        emergency.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        code(&dumped),
+        0,
+        "an emergency dump works while the store is held: {}",
+        text(&dumped)
+    );
+    assert!(
+        text(&dumped).contains("skipped apps/web/cfg"),
+        "{}",
+        text(&dumped)
+    );
     let read_only = keel(&["fsck", "--data-dir", d, "-q"]);
     assert_eq!(
         code(&read_only),
