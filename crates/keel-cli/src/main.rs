@@ -47,6 +47,12 @@ enum Command {
     Checkpoint(cmd::checkpoint::CheckpointCommand),
     /// Reclaim space held by unreachable blobs.
     Gc(cmd::gc::GcArgs),
+    /// Verify every object of a store (every blob read and hashed); repair or roll back.
+    Fsck(cmd::fsck::FsckArgs),
+    /// Write a portable, verified archive of a store's keys.
+    Dump(cmd::dump::DumpArgs),
+    /// Load a dump into a store (verified first; replaces its contents).
+    Restore(cmd::dump::RestoreArgs),
     /// Measure performance on this machine.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -71,6 +77,9 @@ fn main() -> ExitCode {
         Command::Kv(command) => cmd::kv::run(command, out),
         Command::Checkpoint(command) => cmd::checkpoint::run(command, out),
         Command::Gc(args) => cmd::gc::run(args, out),
+        Command::Fsck(args) => cmd::fsck::run(args, out),
+        Command::Dump(args) => cmd::dump::dump(args, out),
+        Command::Restore(args) => cmd::dump::restore(args, out),
         Command::Demo(args) => cmd::demo::run(args, out),
         Command::Bench(command) => cmd::bench::run(command, out),
         Command::Debug(command) => cmd::debug::run(command),

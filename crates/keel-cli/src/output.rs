@@ -48,15 +48,27 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     if let Some(cli) = error.downcast_ref::<CliError>() {
         return cli.code;
     }
+    if let Some(fsck) = error.downcast_ref::<keel_fsck::FsckError>() {
+        return match fsck {
+            other if other.is_cannot_start() => EXIT_CANNOT_START,
+            keel_fsck::FsckError::Store(store) => store_exit_code(store),
+            _ => EXIT_FAILED,
+        };
+    }
     match error.downcast_ref::<StoreError>() {
-        Some(
-            StoreError::NoDataDir { .. }
-            | StoreError::NotInitialised { .. }
-            | StoreError::NotAStore { .. }
-            | StoreError::AlreadyInitialised { .. }
-            | StoreError::UnsupportedFormat { .. }
-            | StoreError::Locked { .. },
-        ) => EXIT_CANNOT_START,
+        Some(store) => store_exit_code(store),
+        None => EXIT_FAILED,
+    }
+}
+
+fn store_exit_code(error: &StoreError) -> u8 {
+    match error {
+        StoreError::NoDataDir { .. }
+        | StoreError::NotInitialised { .. }
+        | StoreError::NotAStore { .. }
+        | StoreError::AlreadyInitialised { .. }
+        | StoreError::UnsupportedFormat { .. }
+        | StoreError::Locked { .. } => EXIT_CANNOT_START,
         _ => EXIT_FAILED,
     }
 }

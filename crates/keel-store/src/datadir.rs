@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! D/IDENTITY          what this directory is (format, store id, created-at), checksummed
+//! D/pack/IDENTITY.backup  a second copy of IDENTITY, so a damaged one can be restored
 //! D/LOCK              held (flock) by the one process that may write; holds its pid
 //! D/DIRTY             present while a writer has the store open; left behind by a crash
 //! D/config.toml       optional store settings
@@ -14,6 +15,11 @@
 //! A directory without a valid `IDENTITY` is never treated as a store: an
 //! empty one is "not initialised" (or an unmounted volume), a non-empty one is
 //! "not a Keel store". Nothing in either is created, changed or removed.
+//!
+//! `pack/IDENTITY.backup` is written at init and by every writable open that
+//! finds it missing, damaged or different. Only `keel fsck --repair` uses it
+//! ([`restore_identity`]): a damaged `IDENTITY` next to an intact backup is a
+//! damaged store, not a foreign directory, and the store id is kept.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
@@ -27,6 +33,8 @@ use crate::fsutil::{create_dir_durable, empty_dir, fsync_dir, write_atomic};
 pub const FORMAT_VERSION: u32 = 1;
 const FORMAT_NAME: &str = "keel-store";
 pub const IDENTITY_FILE: &str = "IDENTITY";
+/// The second copy of `IDENTITY`, inside `pack/` (another directory entry).
+pub const IDENTITY_BACKUP_FILE: &str = "IDENTITY.backup";
 pub const LOCK_FILE: &str = "LOCK";
 pub const DIRTY_FILE: &str = "DIRTY";
 pub const CONFIG_FILE: &str = "config.toml";
@@ -169,12 +177,10 @@ impl DataDir {
         let staging = root.join(STAGING_DIR);
         create_dir_durable(&staging)?;
         create_dir_durable(&root.join(PACK_DIR))?;
+        let identity = Identity::new().to_bytes();
+        write_atomic(&staging, &identity_backup_path(root), &identity)?;
         // The identity is written last: until it exists the directory is not a store.
-        write_atomic(
-            &staging,
-            &root.join(IDENTITY_FILE),
-            &Identity::new().to_bytes(),
-        )
+        write_atomic(&staging, &root.join(IDENTITY_FILE), &identity)
     }
 
     /// Opens an existing store's directory. With `writable`, takes the
@@ -198,6 +204,7 @@ impl DataDir {
                 tracing::info!(files = removed, bytes, dir = %staging.display(), "removed stale staging files");
             }
             create_dir_durable(&dir.root.join(PACK_DIR))?;
+            ensure_identity_backup(root, &dir.identity)?;
             let marker = format!("pid {}\n", std::process::id());
             write_atomic(&staging, &root.join(DIRTY_FILE), marker.as_bytes())?;
         }
@@ -288,6 +295,55 @@ pub fn read_identity(root: &Path) -> Result<Identity> {
         }
         Err(e) => Err(StoreError::io("read identity", path, e)),
     }
+}
+
+/// Path of the identity's second copy.
+pub fn identity_backup_path(root: &Path) -> PathBuf {
+    root.join(PACK_DIR).join(IDENTITY_BACKUP_FILE)
+}
+
+/// Reads and checks the second copy of the identity (`pack/IDENTITY.backup`).
+pub fn read_identity_backup(root: &Path) -> Result<Identity> {
+    let path = identity_backup_path(root);
+    match std::fs::read(&path) {
+        Ok(bytes) => Identity::parse(&path, &bytes),
+        Err(e) => Err(StoreError::io("read identity backup", path, e)),
+    }
+}
+
+/// Rewrites the backup when it is missing, damaged or names another identity.
+fn ensure_identity_backup(root: &Path, identity: &Identity) -> Result<()> {
+    if read_identity_backup(root).is_ok_and(|backup| backup == *identity) {
+        return Ok(());
+    }
+    tracing::info!(dir = %root.display(), "writing the identity backup");
+    write_atomic(
+        &root.join(STAGING_DIR),
+        &identity_backup_path(root),
+        &identity.to_bytes(),
+    )
+}
+
+/// Restores a missing or damaged `IDENTITY` from its intact backup and
+/// returns the identity. Does nothing (returns it) when `IDENTITY` is valid.
+/// Refuses when there is no intact backup: such a directory is never
+/// treated as a store. Only `keel fsck --repair` calls this.
+pub fn restore_identity(root: &Path) -> Result<Identity> {
+    check_exists(root)?;
+    match read_identity(root) {
+        Ok(identity) => return Ok(identity),
+        Err(StoreError::NotAStore { .. }) => {}
+        Err(other) => return Err(other),
+    }
+    let backup = read_identity_backup(root).map_err(|e| StoreError::NotAStore {
+        path: root.to_path_buf(),
+        reason: format!("{IDENTITY_FILE} is damaged and its backup is not usable ({e})"),
+    })?;
+    let staging = root.join(STAGING_DIR);
+    create_dir_durable(&staging)?;
+    write_atomic(&staging, &root.join(IDENTITY_FILE), &backup.to_bytes())?;
+    tracing::warn!(dir = %root.display(), store_id = %backup.store_id, "restored IDENTITY from its backup");
+    Ok(backup)
 }
 
 fn acquire_lock(root: &Path) -> Result<File> {
@@ -393,5 +449,32 @@ mod tests {
             DataDir::open(store.path(), false),
             Err(StoreError::NotAStore { .. })
         ));
+    }
+
+    #[test]
+    fn a_damaged_identity_is_restored_from_its_backup_only_on_request() {
+        let store = tempfile::tempdir().unwrap();
+        DataDir::init(store.path()).unwrap();
+        let original = read_identity(store.path()).unwrap();
+        assert_eq!(read_identity_backup(store.path()).unwrap(), original);
+        std::fs::write(store.path().join(IDENTITY_FILE), b"{garbage").unwrap();
+        assert!(matches!(
+            DataDir::open(store.path(), true),
+            Err(StoreError::NotAStore { .. })
+        ));
+        assert_eq!(restore_identity(store.path()).unwrap(), original);
+        assert_eq!(read_identity(store.path()).unwrap(), original);
+        // A missing backup is rewritten by the next writable open.
+        std::fs::remove_file(identity_backup_path(store.path())).unwrap();
+        drop(DataDir::open(store.path(), true).unwrap());
+        assert_eq!(read_identity_backup(store.path()).unwrap(), original);
+        // Without an intact backup, nothing is restored.
+        let foreign = tempfile::tempdir().unwrap();
+        std::fs::write(foreign.path().join(IDENTITY_FILE), b"{").unwrap();
+        assert!(restore_identity(foreign.path()).is_err());
+        assert_eq!(
+            std::fs::read(foreign.path().join(IDENTITY_FILE)).unwrap(),
+            b"{"
+        );
     }
 }

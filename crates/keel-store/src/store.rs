@@ -651,6 +651,34 @@ impl Store {
         )
     }
 
+    /// Durably drops retained checkpoints by sequence (e.g. ones whose trees
+    /// are damaged, which garbage collection could never walk). The newest
+    /// checkpoint may not be named (asserted): after a repair or rollback it
+    /// holds the current state.
+    pub fn forget_checkpoints(&self, sequences: &BTreeSet<u64>) -> Result<()> {
+        self.check_writable()?;
+        let mut checkpoints = self.inner.checkpoints.lock();
+        if let Some(newest) = checkpoints.newest() {
+            assert!(
+                !sequences.contains(&newest.sequence),
+                "the newest checkpoint {} cannot be forgotten",
+                newest.sequence
+            );
+        }
+        checkpoints.forget(sequences)
+    }
+
+    /// The revision the next [`Store::install_root`] (or [`Store::reset_to_root`])
+    /// will take: one above every revision ever used. Repair and restore give
+    /// the entries they write this revision.
+    pub fn next_install_revision(&self) -> u64 {
+        let writer = self.inner.writer.lock();
+        writer
+            .max_revision
+            .max(self.inner.checkpoints.lock().max_revision())
+            + 1
+    }
+
     /// Makes `root` the current state as a new revision (above every revision
     /// ever used), durably, and checkpoints it. Used by rollback and restore;
     /// every blob reachable from `root` must be present.

@@ -13,6 +13,8 @@ pub enum DebugCommand {
     CommitLoop(CommitLoopArgs),
     /// Write pseudo-random values into an offline store (test data).
     Fill(FillArgs),
+    /// Damage objects of a store and print what was damaged as JSON (for fsck tests).
+    Corrupt(CorruptArgs),
 }
 
 #[derive(Args, Debug)]
@@ -109,6 +111,37 @@ fn fill(args: &FillArgs) -> anyhow::Result<()> {
     Ok(store.close()?)
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum CorruptMode {
+    /// Remove a value's chunk.
+    DeleteBlob,
+    /// Flip bits in a value's chunk (checksums rewritten: silent bit rot).
+    FlipBits,
+    /// Remove a directory's root node.
+    DeleteDir,
+    /// Flip bits in a directory's root node.
+    DamageDir,
+    /// Remove a node below a directory's root.
+    DeleteDirNode,
+}
+
+#[derive(Args, Debug)]
+pub struct CorruptArgs {
+    #[command(flatten)]
+    pub target: DataDirArg,
+    #[arg(long, value_enum)]
+    pub mode: CorruptMode,
+    /// Damage the object of this key or directory (else random ones).
+    #[arg(long, conflicts_with = "random")]
+    pub key: Option<String>,
+    /// Number of random objects to damage.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub random: usize,
+    /// Seed of the random choice (printed; random when not given).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
 #[derive(Args, Debug)]
 pub struct CommitLoopArgs {
     #[command(flatten)]
@@ -134,7 +167,31 @@ pub fn run(command: &DebugCommand) -> anyhow::Result<()> {
     match command {
         DebugCommand::CommitLoop(args) => commit_loop(args),
         DebugCommand::Fill(args) => fill(args),
+        DebugCommand::Corrupt(args) => corrupt(args),
     }
+}
+
+fn corrupt(args: &CorruptArgs) -> anyhow::Result<()> {
+    use keel_fsck::corrupt::Mode;
+    let mode = match args.mode {
+        CorruptMode::DeleteBlob => Mode::DeleteBlob,
+        CorruptMode::FlipBits => Mode::FlipBits,
+        CorruptMode::DeleteDir => Mode::DeleteDir,
+        CorruptMode::DamageDir => Mode::DamageDir,
+        CorruptMode::DeleteDirNode => Mode::DeleteDirNode,
+    };
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let report = keel_fsck::corrupt::corrupt(
+        &args.target.data_dir,
+        mode,
+        args.key.as_deref(),
+        args.random,
+        seed,
+    )?;
+    let mut stdout = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut stdout, &report)?;
+    writeln!(stdout)?;
+    Ok(())
 }
 
 /// The value commit `n` writes: it names `n`, and every 50th one is large

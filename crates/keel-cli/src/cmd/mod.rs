@@ -5,6 +5,8 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod debug;
 pub mod demo;
+pub mod dump;
+pub mod fsck;
 pub mod gc;
 pub mod init;
 pub mod kv;
@@ -23,9 +25,35 @@ pub struct DataDirArg {
 }
 
 impl DataDirArg {
-    /// Opens the store for writing (takes the single-writer lock).
+    /// Opens the store for writing (takes the single-writer lock) after the
+    /// start-up check: a pending `dump/RESTORE` is restored, and a store not
+    /// closed cleanly is verified (small damage repaired, larger refused with
+    /// the `keel fsck` command to run).
     pub fn open(&self) -> anyhow::Result<Store> {
-        Ok(Store::open(&self.data_dir, StoreOptions::default())?)
+        let policy = keel_fsck::startup::StartupPolicy {
+            options: StoreOptions::default(),
+            ..Default::default()
+        };
+        let (store, startup) = keel_fsck::startup::open_for_writing(&self.data_dir, &policy)?;
+        if let Some(dump) = &startup.restored_from {
+            eprintln!(
+                "keel: restored {} from {} (dump/RESTORE)",
+                self.data_dir.display(),
+                dump.display()
+            );
+        }
+        if startup.repaired_keys > 0 {
+            let report = startup
+                .report_file
+                .as_ref()
+                .map_or(String::new(), |p| format!("; report: {}", p.display()));
+            eprintln!(
+                "keel: the start-up check repaired {} damaged key(s) of {} (moved to lost+found/){report}",
+                startup.repaired_keys,
+                self.data_dir.display()
+            );
+        }
+        Ok(store)
     }
 
     /// Opens the store for reading only: works while another process holds it.
