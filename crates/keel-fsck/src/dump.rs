@@ -149,6 +149,7 @@ pub fn dump(
             key: first.path.clone(),
             source: keel_store::StoreError::Damaged {
                 path: store.dir().to_path_buf(),
+                data_dir: store.dir().to_path_buf(),
                 reason: first.reason.clone(),
             },
         });
@@ -266,6 +267,7 @@ fn write_archive(
                 key,
                 source: keel_store::StoreError::Damaged {
                     path: store.dir().to_path_buf(),
+                    data_dir: store.dir().to_path_buf(),
                     reason: format!(
                         "value claims {size} bytes, its chunks hold {}",
                         reader.count

@@ -130,6 +130,7 @@ impl StoreConfig {
         match std::fs::read_to_string(&path) {
             Ok(text) => toml::from_str(&text).map_err(|e| StoreError::Damaged {
                 path: path.clone(),
+                data_dir: dir.to_path_buf(),
                 reason: format!("invalid configuration: {e}"),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(StoreConfig::default()),

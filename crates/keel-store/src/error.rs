@@ -85,8 +85,14 @@ pub enum StoreError {
     },
 
     /// A file of the store is damaged beyond what recovery handles by itself.
-    #[error("{path} is damaged: {reason}; run `keel fsck --data-dir {dir}`", dir = data_dir_hint(path))]
-    Damaged { path: PathBuf, reason: String },
+    #[error("{path} is damaged: {reason}; run `keel fsck --data-dir {}`", data_dir.display())]
+    Damaged {
+        /// The damaged file, or the data directory when no one file is to blame.
+        path: PathBuf,
+        /// The data directory holding it, for the repair hint.
+        data_dir: PathBuf,
+        reason: String,
+    },
 
     /// A key is not a valid path.
     #[error("invalid key {key:?}: {reason}")]
@@ -115,17 +121,6 @@ pub enum StoreError {
     /// A store opened read-only was asked to write.
     #[error("store is open read-only")]
     ReadOnly,
-}
-
-fn data_dir_hint(path: &Path) -> String {
-    // Files of the store live at most one level below the data directory.
-    let parent = path.parent().unwrap_or(path);
-    let dir = if parent.file_name().is_some_and(|n| n == "pack") {
-        parent.parent().unwrap_or(parent)
-    } else {
-        parent
-    };
-    dir.display().to_string()
 }
 
 impl StoreError {

@@ -861,6 +861,7 @@ impl Store {
             tree::mark(objects, root, &mut live, OnDamage::Fail, false).map_err(|error| {
                 StoreError::Damaged {
                     path: self.dir().to_path_buf(),
+                    data_dir: self.dir().to_path_buf(),
                     reason: format!(
                         "garbage collection stopped, a live object is unreadable: {error}"
                     ),
