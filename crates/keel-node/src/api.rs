@@ -215,3 +215,23 @@ pub struct ClusterStatus {
     pub reported_by: NodeId,
     pub members: Vec<MemberStatus>,
 }
+
+/// One group in `GET /v1/primary`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupPrimary {
+    pub group: String,
+    pub primary: Option<u64>,
+    pub term: u64,
+}
+
+/// A line of `GET /v1/primary/{group}/watch`: the group's primary changed
+/// (the first line is the current state).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PrimaryChange {
+    pub group: String,
+    pub primary: Option<u64>,
+    pub term: u64,
+    /// When the decision was made (ms since the Unix epoch).
+    pub since_ms: u64,
+    pub reason: Option<String>,
+}

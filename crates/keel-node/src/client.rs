@@ -6,9 +6,12 @@ use bytes::Bytes;
 use keel_store::TxnOutcome;
 use reqwest::StatusCode;
 
+use crate::primary::rules::{Decision, GroupConfig};
+use crate::primary::{PrimaryStatus, SelfStatus};
+
 use crate::api::{
-    ClusterStatus, ErrorBody, JoinRequest, JoinResponse, KeyValue, ListEntry, NodeStatus,
-    TxnRequest, WriteResult,
+    ClusterStatus, ErrorBody, GroupPrimary, JoinRequest, JoinResponse, KeyValue, ListEntry,
+    NodeStatus, PrimaryChange, TxnRequest, WriteResult,
 };
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,11 +95,17 @@ impl Client {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
-        let response = request.timeout(REQUEST_TIMEOUT).send().await.map_err(|e| {
-            ClientError::Unreachable {
-                endpoint: self.endpoint.clone(),
-                reason: e.to_string(),
-            }
+        self.send_streaming(request.timeout(REQUEST_TIMEOUT)).await
+    }
+
+    /// Sends without the default timeout (a stream lasts as long as it lasts).
+    async fn send_streaming(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = request.send().await.map_err(|e| ClientError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            reason: e.to_string(),
         })?;
         if response.status().is_success() {
             return Ok(response);
@@ -270,7 +279,7 @@ impl Client {
         &self,
         prefix: &str,
         from_revision: Option<u64>,
-        mut each: impl FnMut(serde_json::Value) -> bool,
+        each: impl FnMut(serde_json::Value) -> bool,
     ) -> Result<(), ClientError> {
         let mut request = self
             .http
@@ -279,29 +288,20 @@ impl Client {
         if let Some(revision) = from_revision {
             request = request.query(&[("from_revision", revision)]);
         }
-        let response = request.send().await.map_err(|e| ClientError::Unreachable {
-            endpoint: self.endpoint.clone(),
-            reason: e.to_string(),
-        })?;
-        if !response.status().is_success() {
-            let status = response.status().as_u16();
-            let body = response.bytes().await.unwrap_or_default();
-            let error: Option<ErrorBody> = serde_json::from_slice(&body).ok();
-            return Err(ClientError::Api {
-                status,
-                code: error
-                    .as_ref()
-                    .map_or("http".into(), |e| e.error.code.clone()),
-                message: error.map_or_else(
-                    || String::from_utf8_lossy(&body).into_owned(),
-                    |e| e.error.message,
-                ),
-                actual_revision: None,
-            });
-        }
+        self.lines(request, each).await
+    }
+
+    /// Feeds each line of an NDJSON answer to `each` until it returns false
+    /// or the stream ends.
+    async fn lines<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        mut each: impl FnMut(T) -> bool,
+    ) -> Result<(), ClientError> {
+        use futures::StreamExt;
+        let response = self.send_streaming(request).await?;
         let mut pending = Vec::new();
         let mut stream = response.bytes_stream();
-        use futures::StreamExt;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| ClientError::Unreachable {
                 endpoint: self.endpoint.clone(),
@@ -310,13 +310,100 @@ impl Client {
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
-                if let Ok(event) = serde_json::from_slice(&line) {
-                    if !each(event) {
+                if let Ok(item) = serde_json::from_slice(&line) {
+                    if !each(item) {
                         return Ok(());
                     }
                 }
             }
         }
         Ok(())
+    }
+
+    // ------------------------------------------------------------ primary
+
+    /// Every group with its primary and term.
+    pub async fn primaries(&self) -> Result<Vec<GroupPrimary>, ClientError> {
+        self.json(self.http.get(self.url("/v1/primary"))).await
+    }
+
+    /// A group's primary, term and candidates (the decider's view).
+    pub async fn primary(&self, group: &str) -> Result<PrimaryStatus, ClientError> {
+        self.json(
+            self.http
+                .get(self.url(&format!("/v1/primary/{}", path_escape(group)))),
+        )
+        .await
+    }
+
+    /// A group's decisions, oldest first.
+    pub async fn primary_history(&self, group: &str) -> Result<Vec<Decision>, ClientError> {
+        self.json(
+            self.http
+                .get(self.url(&format!("/v1/primary/{}/history", path_escape(group)))),
+        )
+        .await
+    }
+
+    /// Whether this node holds the group's primary role, with its lease.
+    pub async fn primary_self(
+        &self,
+        group: &str,
+        timeout: Duration,
+    ) -> Result<SelfStatus, ClientError> {
+        let request = self
+            .http
+            .get(self.url(&format!("/v1/primary/{}/self", path_escape(group))))
+            .timeout(timeout);
+        let response = self.send_streaming(request).await?;
+        response.json().await.map_err(|e| ClientError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            reason: format!("undecodable answer: {e}"),
+        })
+    }
+
+    /// Streams a line per change of the group's primary.
+    pub async fn primary_watch(
+        &self,
+        group: &str,
+        each: impl FnMut(PrimaryChange) -> bool,
+    ) -> Result<(), ClientError> {
+        let request = self
+            .http
+            .get(self.url(&format!("/v1/primary/{}/watch", path_escape(group))));
+        self.lines(request, each).await
+    }
+
+    pub async fn group_config(&self, group: &str) -> Result<GroupConfig, ClientError> {
+        self.json(
+            self.http
+                .get(self.url(&format!("/v1/groups/{}", path_escape(group)))),
+        )
+        .await
+    }
+
+    pub async fn set_group_config(
+        &self,
+        group: &str,
+        config: &GroupConfig,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.json(
+            self.http
+                .put(self.url(&format!("/v1/groups/{}", path_escape(group))))
+                .json(config),
+        )
+        .await
+    }
+
+    /// Cuts the node off from its peers, or restores it (fault injection:
+    /// only on a node started with `KEEL_FAULT_INJECTION=1`).
+    pub async fn isolate(&self, on: bool) -> Result<(), ClientError> {
+        self.send(
+            self.http
+                .post(self.url("/internal/debug/isolate"))
+                .json(&on),
+        )
+        .await
+        .map(|_| ())
     }
 }

@@ -372,8 +372,11 @@ impl Node {
 
     // ---------------------------------------------------------------- status
 
-    /// Whether this node is caught up and serving, and if not, why.
-    pub fn readiness(&self) -> Result<(), String> {
+    /// Whether this node itself is sound: fenced in, a running member with
+    /// its data applied. This is the health a primary candidate reports in
+    /// its heartbeats; contact with a leader is left out, as it comes and
+    /// goes cluster-wide during an election (heartbeats measure contact).
+    pub fn local_health(&self) -> Result<(), String> {
         self.inner.fence.check()?;
         let metrics = self.inner.raft.metrics().borrow().clone();
         if let Err(error) = &metrics.running_state {
@@ -383,9 +386,6 @@ impl Node {
         if membership.get_node(&self.id()).is_none() {
             return Err("not (or no longer) a member of the cluster".into());
         }
-        let Some(leader) = metrics.current_leader else {
-            return Err("no leader known".into());
-        };
         if self.inner.sm.cluster_id().is_none() {
             return Err("the cluster's identity is not recorded yet (bootstrapping)".into());
         }
@@ -401,6 +401,16 @@ impl Node {
         if last_log.saturating_sub(applied) > READY_APPLY_LAG_MAX {
             return Err(format!("applying: {applied} of {last_log}"));
         }
+        Ok(())
+    }
+
+    /// Whether this node is caught up and serving, and if not, why.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.local_health()?;
+        let metrics = self.inner.raft.metrics().borrow().clone();
+        let Some(leader) = metrics.current_leader else {
+            return Err("no leader known".into());
+        };
         let lease = Duration::from_millis(self.inner.config.raft.election_timeout_max_ms);
         if leader == self.id() {
             match metrics.millis_since_quorum_ack {

@@ -25,6 +25,8 @@ struct Peer {
 pub struct Liveness {
     dead_after: Duration,
     peers: Mutex<HashMap<NodeId, Peer>>,
+    /// When this table started filling (the process start).
+    started: Instant,
 }
 
 impl Liveness {
@@ -32,7 +34,15 @@ impl Liveness {
         Liveness {
             dead_after,
             peers: Mutex::new(HashMap::new()),
+            started: Instant::now(),
         }
+    }
+
+    /// Whether the table has been filling for `dead_after`: before that, a
+    /// node not heard from yet may simply not have had its turn (a restarted
+    /// decider must not depose a live primary it has not heard from yet).
+    pub fn informed(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.started) >= self.dead_after
     }
 
     pub fn dead_after(&self) -> Duration {
@@ -135,5 +145,13 @@ mod tests {
             Duration::ZERO,
             "recovery starts a new streak"
         );
+    }
+
+    #[test]
+    fn a_new_table_is_informed_only_after_dead_after() {
+        let table = Liveness::new(Duration::from_secs(4));
+        let t0 = table.started;
+        assert!(!table.informed(t0 + Duration::from_secs(3)));
+        assert!(table.informed(t0 + Duration::from_secs(4)));
     }
 }

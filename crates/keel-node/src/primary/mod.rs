@@ -53,6 +53,8 @@ pub struct PrimaryState {
     pub settings: PrimarySettings,
     pub liveness: Liveness,
     confirmations: Mutex<HashMap<String, Confirmation>>,
+    /// When this node first saw itself elected, per group: (term, instant).
+    elected: Mutex<HashMap<String, (u64, Instant)>>,
 }
 
 impl PrimaryState {
@@ -61,6 +63,7 @@ impl PrimaryState {
             liveness: Liveness::new(std::time::Duration::from_millis(settings.dead_after_ms)),
             settings,
             confirmations: Mutex::new(HashMap::new()),
+            elected: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -100,6 +103,15 @@ pub struct SelfStatus {
     pub term: u64,
     /// How long the answer stays true without a newer one (0 if not primary).
     pub valid_for_ms: u64,
+    /// The primary must wait this long before starting the workload, for
+    /// the previous primary's workload to have surely stopped
+    /// ([`rules::start_delay`]); 0 when it may run now.
+    #[serde(default)]
+    pub start_in_ms: u64,
+    /// The group's handover: a supervisor kills its workload no later than
+    /// this long after its lease ran out.
+    #[serde(default)]
+    pub handover_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
@@ -134,13 +146,13 @@ impl Node {
         self.heard_from(heartbeat.from, Some(heartbeat.healthy));
         Heartbeat {
             from: self.id(),
-            healthy: self.readiness().is_ok(),
+            healthy: self.local_health().is_ok(),
         }
     }
 
     /// Sends one round of heartbeats to every other member.
     async fn heartbeat_round(&self) {
-        let healthy = self.readiness().is_ok();
+        let healthy = self.local_health().is_ok();
         self.heard_from(self.id(), Some(healthy));
         if self.inner.faults.isolated() {
             return;
@@ -230,6 +242,9 @@ impl Node {
         let sm = self.state_machine();
         for group in sm.groups() {
             let (config, state) = sm.group(&group);
+            if state.primary.is_some() && !self.primary_state().liveness.informed(now) {
+                continue;
+            }
             let views = config
                 .candidates(&voters)
                 .into_iter()
@@ -309,12 +324,15 @@ impl Node {
     /// a linearizable read of the committed decision.
     pub async fn primary_self(&self, group: &str) -> SelfStatus {
         let lease = self.primary_state().settings.lease();
+        let handover = self.state_machine().group(group).0.handover();
         let not_primary = |term: u64, reason: String| SelfStatus {
             node_id: self.id(),
             group: group.to_string(),
             primary: false,
             term,
             valid_for_ms: 0,
+            start_in_ms: 0,
+            handover_ms: handover.as_millis() as u64,
             reason: Some(reason),
         };
         if let Err(reason) = self.inner.fence.check() {
@@ -360,12 +378,28 @@ impl Node {
                 "lease expired: no quorum confirmed this node recently".into(),
             );
         }
+        // Seen now, after the read: certainly after the term was committed.
+        let first_seen = {
+            let now = Instant::now();
+            let mut elected = self.primary_state().elected.lock();
+            let entry = elected
+                .entry(group.to_string())
+                .or_insert((confirmed.term, now));
+            if entry.0 != confirmed.term {
+                *entry = (confirmed.term, now);
+            }
+            entry.1
+        };
+        let start_in = rules::start_delay(confirmed.term, lease, handover)
+            .saturating_sub(first_seen.elapsed());
         SelfStatus {
             node_id: self.id(),
             group: group.to_string(),
             primary: true,
             term: confirmed.term,
             valid_for_ms: (lease - elapsed).as_millis() as u64,
+            start_in_ms: start_in.as_millis() as u64,
+            handover_ms: handover.as_millis() as u64,
             reason: None,
         }
     }

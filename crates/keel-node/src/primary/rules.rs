@@ -24,6 +24,9 @@ use crate::types::NodeId;
 
 /// Default cooldown before a better candidate displaces a live incumbent.
 pub const COOLDOWN_DEFAULT: Duration = Duration::from_secs(120);
+/// Default time a new primary's workload waits, on top of the lease, for
+/// the previous primary's workload to have surely stopped (see [`start_delay`]).
+pub const HANDOVER_DEFAULT: Duration = Duration::from_secs(10);
 /// Decisions kept in a group's history.
 pub const HISTORY_MAX: usize = 100;
 /// The group every cluster has.
@@ -41,12 +44,21 @@ pub struct GroupConfig {
     /// `None` means [`COOLDOWN_DEFAULT`].
     #[serde(default)]
     pub cooldown_ms: Option<u64>,
+    /// The most time a workload gets to stop after its node lost the role;
+    /// `None` means [`HANDOVER_DEFAULT`].
+    #[serde(default)]
+    pub handover_ms: Option<u64>,
 }
 
 impl GroupConfig {
     pub fn cooldown(&self) -> Duration {
         self.cooldown_ms
             .map_or(COOLDOWN_DEFAULT, Duration::from_millis)
+    }
+
+    pub fn handover(&self) -> Duration {
+        self.handover_ms
+            .map_or(HANDOVER_DEFAULT, Duration::from_millis)
     }
 
     /// The candidates, given the current voters.
@@ -101,6 +113,26 @@ impl GroupState {
         if self.history.len() > HISTORY_MAX {
             self.history.remove(0);
         }
+    }
+}
+
+/// How long the primary of `term` waits, from the moment it first sees
+/// itself elected, before it starts the group's workload.
+///
+/// The previous primary last confirmed its role at some instant `c` before
+/// the new term was committed (a linearizable read that still named it), so
+/// its lease ends by `c + lease` and its supervisor kills the workload by
+/// `c + lease + handover`. The new primary sees its term after the commit,
+/// so waiting `lease + handover` from then starts strictly after: no two
+/// workloads of a group ever run at once, whatever the failure (a dead, a
+/// paused or a cut-off node). Term 1 has no predecessor. Safety rests only
+/// on every node using the same lease and on clocks that tick at about the
+/// same rate, not on liveness detection being right.
+pub fn start_delay(term: u64, lease: Duration, handover: Duration) -> Duration {
+    if term <= 1 {
+        Duration::ZERO
+    } else {
+        lease + handover
     }
 }
 
@@ -233,6 +265,14 @@ mod tests {
             cooldown_ms: Some(secs * 1000),
             ..GroupConfig::default()
         }
+    }
+
+    #[test]
+    fn a_successor_waits_the_lease_and_the_handover() {
+        let lease = 3 * SECOND;
+        assert_eq!(start_delay(1, lease, 10 * SECOND), Duration::ZERO);
+        assert_eq!(start_delay(2, lease, 10 * SECOND), 13 * SECOND);
+        assert_eq!(GroupConfig::default().handover(), HANDOVER_DEFAULT);
     }
 
     #[test]

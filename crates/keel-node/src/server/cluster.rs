@@ -52,6 +52,11 @@ pub(super) async fn forward(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<Response, ApiError> {
+    if node.faults().isolated() {
+        return Err(ApiError::unavailable(
+            "cut off from the cluster by fault injection",
+        ));
+    }
     let (_, leader) = node
         .routing()
         .remote_leader()

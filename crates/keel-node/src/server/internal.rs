@@ -32,6 +32,12 @@ fn accept<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<T, Response> {
+    if node.faults().isolated() {
+        return Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cut off by fault injection".into(),
+        ));
+    }
     let cluster = headers
         .get(CLUSTER_HEADER)
         .and_then(|v| v.to_str().ok())

@@ -10,6 +10,7 @@ use axum::Json;
 
 use super::cluster::forward;
 use super::ApiError;
+use crate::api::{GroupPrimary, PrimaryChange};
 use crate::node::Node;
 use crate::primary::rules::GroupConfig;
 use crate::primary::validate_group;
@@ -17,15 +18,23 @@ use crate::primary::validate_group;
 /// How often a primary watch looks for a change.
 const WATCH_POLL: Duration = Duration::from_millis(200);
 
-/// The decider (the leader) sees liveness; others ask it.
+/// How long a node waits for the leader's view before answering with its own.
+const LEADER_VIEW_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The decider (the leader) sees liveness; others ask it, and answer with
+/// their own view when it does not answer promptly (it may be paused).
 async fn from_leader(node: &Node, path: &str) -> Option<Response> {
     if node.is_leader() || node.routing().remote_leader().is_none() {
         return None;
     }
-    forward(node, reqwest::Method::GET, path, None)
-        .await
-        .ok()
-        .filter(|r| r.status().is_success())
+    tokio::time::timeout(
+        LEADER_VIEW_TIMEOUT,
+        forward(node, reqwest::Method::GET, path, None),
+    )
+    .await
+    .ok()?
+    .ok()
+    .filter(|r| r.status().is_success())
 }
 
 pub async fn status(
@@ -67,14 +76,14 @@ pub async fn watch(
             let (_, state) = node.state_machine().group(&group);
             let current = (state.primary, state.term);
             if last != Some(current) {
-                let decision = state.history.last().cloned();
-                let line = serde_json::json!({
-                    "group": group,
-                    "primary": state.primary,
-                    "term": state.term,
-                    "since_ms": state.since_ms,
-                    "reason": decision.map(|d| d.reason),
-                });
+                let change = PrimaryChange {
+                    group: group.clone(),
+                    primary: state.primary,
+                    term: state.term,
+                    since_ms: state.since_ms,
+                    reason: state.history.last().map(|d| d.reason.clone()),
+                };
+                let line = serde_json::to_string(&change).unwrap_or_default();
                 let bytes = Bytes::from(format!("{line}\n"));
                 return Some((Ok::<_, std::io::Error>(bytes), (node, group, Some(current))));
             }
@@ -88,13 +97,17 @@ pub async fn watch(
         .into_response())
 }
 
-pub async fn list(State(node): State<Node>) -> Json<serde_json::Value> {
-    let groups: Vec<serde_json::Value> = node
-        .primaries()
-        .into_iter()
-        .map(|(group, (primary, term))| serde_json::json!({ "group": group, "primary": primary, "term": term }))
-        .collect();
-    Json(serde_json::Value::Array(groups))
+pub async fn list(State(node): State<Node>) -> Json<Vec<GroupPrimary>> {
+    Json(
+        node.primaries()
+            .into_iter()
+            .map(|(group, (primary, term))| GroupPrimary {
+                group,
+                primary,
+                term,
+            })
+            .collect(),
+    )
 }
 
 pub async fn set_group(
