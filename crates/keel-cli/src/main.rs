@@ -39,6 +39,13 @@ enum Command {
     Member(cmd::cluster::MemberCommand),
     /// Show the cluster: members, roles, progress, readiness, roots.
     Status(cmd::cluster::EndpointArg),
+    /// Show a group's primary, its term and candidates; watch it; its history.
+    Primary(cmd::primary::PrimaryArgs),
+    /// Configure a primary group: candidates, priorities, cooldown, handover.
+    #[command(subcommand)]
+    Group(cmd::primary::GroupCommand),
+    /// Run a command only while the local node is a group's primary.
+    Run(cmd::run::RunArgs),
     /// Read and write keys.
     #[command(subcommand)]
     Kv(cmd::kv::KvCommand),
@@ -74,6 +81,9 @@ fn main() -> ExitCode {
         Command::Leave(args) => cmd::cluster::leave(args, out),
         Command::Member(command) => cmd::cluster::member(command, out),
         Command::Status(args) => cmd::cluster::status(args, out),
+        Command::Primary(args) => cmd::primary::primary(args, out),
+        Command::Group(command) => cmd::primary::group(command, out),
+        Command::Run(args) => cmd::run::run(args, out),
         Command::Kv(command) => cmd::kv::run(command, out),
         Command::Checkpoint(command) => cmd::checkpoint::run(command, out),
         Command::Gc(args) => cmd::gc::run(args, out),

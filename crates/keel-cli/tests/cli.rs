@@ -124,7 +124,8 @@ fn a_second_writer_is_refused_with_exit_2() {
     // Reads work while the store is held: they open a consistent read-only view.
     assert_eq!(code(&keel(&["kv", "ls", "--data-dir", d])), 0);
     drop(held);
-    assert_eq!(code(&keel(&["kv", "put", "--data-dir", d, "k", "v"])), 0);
+    let after = keel(&["kv", "put", "--data-dir", d, "k", "v"]);
+    assert_eq!(code(&after), 0, "{}", stderr(&after));
 }
 
 #[test]
@@ -150,4 +151,34 @@ fn foreign_and_empty_directories_are_never_touched() {
         "{}",
         stderr(&refused)
     );
+}
+
+#[test]
+fn put_if_revision_is_a_compare_and_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("d");
+    let d = d.to_str().unwrap();
+    assert_eq!(code(&keel(&["init", "--data-dir", d])), 0);
+    let create = |value: &str, rev: &str| {
+        keel(&[
+            "kv",
+            "put",
+            "--data-dir",
+            d,
+            "fence",
+            value,
+            "--if-revision",
+            rev,
+        ])
+    };
+    assert_eq!(code(&create("1", "0")), 0, "0: only if absent");
+    let again = create("2", "0");
+    assert_eq!(code(&again), 1, "the key exists now");
+    assert!(
+        stderr(&again).contains("expected revision 0, found 1"),
+        "{}",
+        stderr(&again)
+    );
+    assert_eq!(code(&create("2", "1")), 0, "at the revision it was read at");
+    assert_eq!(keel(&["kv", "get", "--data-dir", d, "fence"]).stdout, b"2");
 }

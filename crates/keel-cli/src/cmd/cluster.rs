@@ -29,6 +29,12 @@ pub struct ServeArgs {
     /// Seconds a learner must be caught up before it becomes a voter.
     #[arg(long, value_name = "SECS")]
     pub promote_after_secs: Option<u64>,
+    /// How often nodes heartbeat each other for primary election (default 1s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub primary_heartbeat: Option<std::time::Duration>,
+    /// A node not heard from this long is dead for primary election (default 4s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub primary_dead_after: Option<std::time::Duration>,
 }
 
 impl ServeArgs {
@@ -52,6 +58,12 @@ impl ServeArgs {
         }
         if let Some(secs) = self.promote_after_secs {
             config.membership.promote_after_healthy_secs = secs;
+        }
+        if let Some(every) = self.primary_heartbeat {
+            config.primary.heartbeat_ms = every.as_millis() as u64;
+        }
+        if let Some(after) = self.primary_dead_after {
+            config.primary.dead_after_ms = after.as_millis() as u64;
         }
         Ok(config)
     }

@@ -15,6 +15,18 @@ pub enum DebugCommand {
     Fill(FillArgs),
     /// Damage objects of a store and print what was damaged as JSON (for fsck tests).
     Corrupt(CorruptArgs),
+    /// Cut a running node off from its peers, or reconnect it (`--off`); the
+    /// node must have been started with KEEL_FAULT_INJECTION=1.
+    Isolate(IsolateArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct IsolateArgs {
+    /// Reconnect instead.
+    #[arg(long)]
+    pub off: bool,
+    #[command(flatten)]
+    pub target: super::cluster::EndpointArg,
 }
 
 #[derive(Args, Debug)]
@@ -168,6 +180,11 @@ pub fn run(command: &DebugCommand) -> anyhow::Result<()> {
         DebugCommand::CommitLoop(args) => commit_loop(args),
         DebugCommand::Fill(args) => fill(args),
         DebugCommand::Corrupt(args) => corrupt(args),
+        DebugCommand::Isolate(args) => {
+            let client = keel_node::client::Client::new(&args.target.endpoint);
+            super::block_on(client.isolate(!args.off))?;
+            Ok(())
+        }
     }
 }
 

@@ -155,6 +155,8 @@ pub fn run(args: &DemoArgs, out: Output) -> anyhow::Result<()> {
              {keel} kv ls --endpoint {u3} -r -l\n  \
              {keel} kv watch --endpoint {u2} apps\n  \
              {keel} status --endpoint {u1}\n  \
+             {keel} primary --endpoint {u3}\n  \
+             {keel} run --endpoint {u1} --grace 2s -- sh -c 'echo primary in term $KEEL_TERM; sleep 3600'\n  \
              curl {u1}/ready\n\n\
              Press Ctrl-C to stop the cluster.",
             dir = args.dir.display(),

@@ -39,6 +39,10 @@ pub struct PutArgs {
     /// Read the value from this file (streamed; any size).
     #[arg(long, value_name = "PATH")]
     pub file: Option<PathBuf>,
+    /// Only if the key was last changed at this revision (0: only if it does
+    /// not exist); exit 1 otherwise. A compare-and-set.
+    #[arg(long, value_name = "REV")]
+    pub if_revision: Option<u64>,
 }
 
 #[derive(Args, Debug)]
@@ -182,7 +186,14 @@ fn put(args: &PutArgs, target: &DataDirArg, out: Output) -> anyhow::Result<()> {
         }
     };
     let txn = Txn {
-        compare: Vec::new(),
+        compare: args
+            .if_revision
+            .map(|mod_revision| keel_store::Compare {
+                key: args.key.clone(),
+                mod_revision,
+            })
+            .into_iter()
+            .collect(),
         ops: vec![op],
     };
     let result = commit_one(&store, txn, &args.key)?;
@@ -350,7 +361,7 @@ fn put_online(
     out: Output,
 ) -> anyhow::Result<()> {
     let value = value_bytes(args)?;
-    let result = block_on(client.put(&args.key, value, None)).map_err(online_error)?;
+    let result = block_on(client.put(&args.key, value, args.if_revision)).map_err(online_error)?;
     out.emit(&result, || {
         format!("{} set at revision {}", args.key, result.revision)
     })

@@ -10,6 +10,8 @@ pub mod fsck;
 pub mod gc;
 pub mod init;
 pub mod kv;
+pub mod primary;
+pub mod run;
 
 use std::path::PathBuf;
 

@@ -28,6 +28,8 @@ pub struct Member {
     pub port: u16,
     pub child: Option<Child>,
     pub log: PathBuf,
+    /// Extra `keel serve` flags.
+    pub serve_args: Vec<String>,
     starts: u32,
 }
 
@@ -61,7 +63,9 @@ impl Member {
                 "--promote-after-secs",
                 "2",
             ])
+            .args(&self.serve_args)
             .env("KEEL_LOG", "info,openraft=error")
+            .env("KEEL_FAULT_INJECTION", "1")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -87,6 +91,22 @@ impl Member {
         }
     }
 
+    /// SIGSTOP: the node hangs (a stalled VM, a long GC pause).
+    pub fn pause(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGSTOP) };
+        }
+    }
+
+    /// SIGCONT after [`Member::pause`].
+    pub fn resume(&self) {
+        if let Some(child) = &self.child {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGCONT) };
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
@@ -106,6 +126,8 @@ pub struct Cluster {
     pub base: tempfile::TempDir,
     pub members: Vec<Member>,
     pub token: String,
+    /// Extra `keel serve` flags for every member.
+    pub serve_args: Vec<String>,
 }
 
 impl Drop for Cluster {
@@ -158,6 +180,7 @@ impl Cluster {
             port: free_port(),
             child: None,
             log: self.base.path().join(format!("n{n}.log")),
+            serve_args: self.serve_args.clone(),
             starts: 0,
         }
     }
@@ -165,11 +188,17 @@ impl Cluster {
     /// Founds a cluster on member 1; `prepare` runs on its data directory
     /// before its first start (offline preloading).
     pub async fn found(prepare: impl FnOnce(&Path)) -> Cluster {
+        Cluster::found_with(Vec::new(), prepare).await
+    }
+
+    /// [`Cluster::found`], with extra `keel serve` flags for every member.
+    pub async fn found_with(serve_args: Vec<String>, prepare: impl FnOnce(&Path)) -> Cluster {
         let base = tempfile::tempdir().unwrap();
         let mut cluster = Cluster {
             base,
             members: Vec::new(),
             token: String::new(),
+            serve_args,
         };
         let mut first = cluster.new_member(1);
         let output = keel()
@@ -226,7 +255,11 @@ impl Cluster {
     }
 
     pub async fn three() -> Cluster {
-        let mut cluster = Cluster::found(|_| {}).await;
+        Cluster::three_with(Vec::new()).await
+    }
+
+    pub async fn three_with(serve_args: Vec<String>) -> Cluster {
+        let mut cluster = Cluster::found_with(serve_args, |_| {}).await;
         cluster.add_member().await;
         cluster.add_member().await;
         cluster
