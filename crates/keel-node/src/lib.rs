@@ -11,6 +11,7 @@
 //! - [`proposer`]: batching of writes and of linearizable reads;
 //! - [`network`], [`server`]: Raft over HTTP (binary) and the client API (JSON);
 //! - [`node`]: everything assembled, membership and status;
+//! - [`disk`]: free space, the reserve, low-space mode and reclaim;
 //! - [`identity`], [`config`]: which member a data directory is, and settings.
 //!
 //! The store knows nothing of Raft; this crate is the glue and the server.
@@ -23,6 +24,7 @@ pub mod admin;
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod disk;
 pub mod faults;
 pub mod fence;
 pub mod fetch;

@@ -48,6 +48,7 @@ pub(crate) struct Inner {
     pub started: Instant,
     pub primary: crate::primary::PrimaryState,
     pub faults: crate::faults::Faults,
+    pub disk: crate::disk::Disk,
     /// Milliseconds since `started` when the leader last sent entries or a heartbeat.
     pub last_leader_contact: AtomicU64,
     /// Set when start-up cut damage from the Raft log: entries this node
@@ -80,12 +81,15 @@ impl Node {
     /// [`crate::server::serve`]). Refuses to start when the directory has
     /// no valid membership identity for its store.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+        let faults = crate::faults::Faults::from_env();
         let options = StoreOptions {
             deterministic_revisions: true,
+            space_limit: faults.space_limit(),
             ..StoreOptions::default()
         };
         let dir = config.data_dir.clone();
-        let store = match tokio::task::spawn_blocking(move || Store::open(&dir, options)).await? {
+        let opened = tokio::task::spawn_blocking(move || crate::disk::open_store(&dir, options));
+        let store = match opened.await? {
             Ok(store) => store,
             Err(
                 keel_store::StoreError::NoDataDir { path }
@@ -109,6 +113,9 @@ impl Node {
             &config.data_dir.join(keel_store::datadir::STAGING_DIR),
             fence.clone(),
         )?;
+        if let Some(limit) = faults.space_limit() {
+            log.set_space_limit(limit);
+        }
         let damaged = recovery.truncated_bytes > 0 || recovery.committed_clamped;
         if damaged {
             tracing::warn!(
@@ -121,7 +128,12 @@ impl Node {
         });
         let sm = StateMachine::new(store.clone())?;
         config.primary.validate()?;
-        let faults = crate::faults::Faults::from_env();
+        let disk = crate::disk::Disk::new(
+            identity.node_id,
+            &config.data_dir,
+            config.disk.clone(),
+            faults.clone(),
+        );
         let http = http_client();
         let contacts: Contacts = Arc::new(Mutex::new(HashMap::new()));
         let network = Network::new(
@@ -146,6 +158,7 @@ impl Node {
             cluster_id: Arc::new(identity.cluster_id.clone()),
             node_id: identity.node_id,
             faults: faults.clone(),
+            disk: disk.clone(),
         };
         let node = Node {
             inner: Arc::new(Inner {
@@ -159,6 +172,7 @@ impl Node {
                 ),
                 primary: crate::primary::PrimaryState::new(config.primary.clone()),
                 faults,
+                disk,
                 routing,
                 config,
                 identity,
@@ -179,6 +193,7 @@ impl Node {
         node.bootstrap_if_founder().await?;
         node.spawn_background_tasks();
         node.spawn_primary_tasks();
+        node.spawn_disk_monitor();
         Ok(node)
     }
 
@@ -280,7 +295,7 @@ impl Node {
     }
 
     /// Takes a snapshot and purges the log up to it.
-    async fn snapshot_and_purge(&self) -> anyhow::Result<()> {
+    pub(crate) async fn snapshot_and_purge(&self) -> anyhow::Result<()> {
         let raft = &self.inner.raft;
         let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
         raft.trigger().snapshot().await?;
@@ -317,6 +332,9 @@ impl Node {
                     tokio::task::spawn_blocking(move || sm.flush_if_idle(IDLE_FLUSH_AFTER)).await
                 {
                     tracing::warn!(%error, "idle flush failed");
+                    if matches!(error, keel_store::StoreError::DiskFull { .. }) {
+                        node.inner.disk.note_enospc(&error);
+                    }
                 }
                 promote_tick += 1;
                 if promote_tick.is_multiple_of(10) && node.is_leader() {

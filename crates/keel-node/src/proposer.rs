@@ -6,11 +6,15 @@
 //! each entry. The proposer drains whatever is queued into a batch of at
 //! most [`PROPOSE_BATCH_TXNS_MAX`] transactions and keeps a few batches in
 //! flight. On a follower, batches are forwarded to the leader in one RPC.
+//!
+//! The leader admits a batch into its log only if its disk has room for it
+//! (see [`crate::disk`]); otherwise every transaction of the batch fails with
+//! [`ProposeError::DiskFull`], before anything reached the log.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_store::{Txn, TxnOutcome};
+use keel_store::{Op, Txn, TxnOutcome};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -28,8 +32,9 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PATH_PROPOSE: &str = "/internal/propose";
 pub const PATH_READ_INDEX: &str = "/internal/read-index";
 
-/// Why a write or read could not be served.
-#[derive(Clone, Debug, thiserror::Error)]
+/// Why a write or read could not be served (also sent from the leader to
+/// a follower that forwarded a batch).
+#[derive(Clone, Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ProposeError {
     #[error("no leader is known (the cluster may lack a quorum); retry shortly")]
     NoLeader,
@@ -39,6 +44,24 @@ pub enum ProposeError {
     Forward { leader: String, reason: String },
     #[error("this node has stopped: {0}")]
     Stopped(String),
+    /// The leader is low on disk space; the message names the node.
+    #[error("{0}")]
+    DiskFull(String),
+}
+
+/// Bytes a batch adds to a node's disk, roughly: its keys and values once
+/// in the Raft log and once in the store.
+pub fn batch_disk_bytes(txns: &[Txn]) -> u64 {
+    let payload: usize = txns
+        .iter()
+        .flat_map(|txn| &txn.ops)
+        .map(|op| match op {
+            Op::Put { key, value } => key.len() + value.len(),
+            Op::PutStored { key, .. } | Op::Delete { key } => key.len(),
+            Op::DeletePrefix { prefix } => prefix.len(),
+        })
+        .sum();
+    2 * payload as u64
 }
 
 struct Pending {
@@ -60,6 +83,7 @@ pub struct Routing {
     pub cluster_id: Arc<String>,
     pub node_id: NodeId,
     pub faults: crate::faults::Faults,
+    pub disk: crate::disk::Disk,
 }
 
 impl Routing {
@@ -117,6 +141,11 @@ impl Routing {
 
     /// Commits a batch through Raft here, or on the leader.
     pub async fn commit(&self, txns: Vec<Txn>) -> Result<Vec<TxnOutcome>, ProposeError> {
+        if self.raft.metrics().borrow().current_leader == Some(self.node_id) {
+            self.disk
+                .admit(batch_disk_bytes(&txns))
+                .map_err(ProposeError::DiskFull)?;
+        }
         let write = tokio::time::timeout(
             WRITE_TIMEOUT,
             self.raft.client_write(Request::Txns(txns.clone())),
@@ -131,11 +160,14 @@ impl Routing {
             },
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
                 let leader = forward.leader_node.ok_or(ProposeError::NoLeader)?;
-                let answer: Result<Vec<TxnOutcome>, String> =
+                let answer: Result<Vec<TxnOutcome>, ProposeError> =
                     self.post(&leader, PATH_PROPOSE, &txns).await?;
-                answer.map_err(|reason| ProposeError::Forward {
-                    leader: leader.addr.clone(),
-                    reason,
+                answer.map_err(|error| match error {
+                    ProposeError::DiskFull(message) => ProposeError::DiskFull(message),
+                    other => ProposeError::Forward {
+                        leader: leader.addr.clone(),
+                        reason: other.to_string(),
+                    },
                 })
             }
             Ok(Err(error)) => Err(ProposeError::Stopped(error.to_string())),

@@ -11,6 +11,7 @@ use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
 use crate::network::{CLUSTER_HEADER, NODE_HEADER};
 use crate::node::Node;
+use crate::proposer::{batch_disk_bytes, ProposeError};
 use crate::types::{
     decode, encode, NodeId, Request, Response as RaftResponse, SnapshotManifest, TypeConfig,
 };
@@ -77,12 +78,44 @@ pub async fn isolate(State(node): State<Node>, axum::Json(on): axum::Json<bool>)
     }
 }
 
+/// Test-only: the size of the file system the data directory is on, in
+/// bytes (`null`: the real one). See `faults` and `disk`.
+pub async fn disk_limit(
+    State(node): State<Node>,
+    axum::Json(limit): axum::Json<Option<u64>>,
+) -> Response {
+    match node.faults().set_disk_limit(limit) {
+        Ok(()) => {
+            node.disk().wake();
+            (StatusCode::OK, "ok").into_response()
+        }
+        Err(message) => refuse(StatusCode::FORBIDDEN, message),
+    }
+}
+
+/// Entries are refused (507) while this node is low on disk space; the
+/// leader backs off and retries. The rest of the message is still handled as
+/// a heartbeat (the leader's vote, and its commit index up to what this node
+/// holds), so the node keeps following instead of calling elections. That is
+/// the message the leader would send with no entries, so Raft's rules hold.
 pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> Response {
     let request: AppendEntriesRequest<TypeConfig> = match accept(&node, &headers, &body) {
         Ok(request) => request,
         Err(response) => return response,
     };
     node.leader_contact();
+    if !request.entries.is_empty() {
+        if let Err(message) = node.disk().admit(2 * body.len() as u64) {
+            let heartbeat = AppendEntriesRequest {
+                entries: Vec::new(),
+                ..request
+            };
+            if let Err(error) = node.raft().append_entries(heartbeat).await {
+                tracing::warn!(%error, "heartbeat part of refused entries failed");
+            }
+            return refuse(StatusCode::INSUFFICIENT_STORAGE, message);
+        }
+    }
     binary(encode(&node.raft().append_entries(request).await))
 }
 
@@ -110,6 +143,10 @@ pub async fn snapshot(State(node): State<Node>, headers: HeaderMap, body: Bytes)
         Err(response) => return response,
     };
     node.leader_contact();
+    // Fetching a snapshot's blobs needs space this node does not have.
+    if let Err(message) = node.disk().admit(0) {
+        return refuse(StatusCode::INSUFFICIENT_STORAGE, message);
+    }
     if request.offset == 0 && request.done {
         let manifest: SnapshotManifest = match decode(&request.data) {
             Ok(manifest) => manifest,
@@ -170,21 +207,30 @@ pub async fn propose(State(node): State<Node>, headers: HeaderMap, body: Bytes) 
         Ok(txns) => txns,
         Err(response) => return response,
     };
+    if let Err(message) = node.disk().admit(batch_disk_bytes(&txns)) {
+        return binary(encode(&Err::<Vec<TxnOutcome>, _>(ProposeError::DiskFull(
+            message,
+        ))));
+    }
     let write = tokio::time::timeout(
         crate::proposer::WRITE_TIMEOUT,
         node.raft().client_write(Request::Txns(txns)),
     );
-    let answer: Result<Vec<TxnOutcome>, String> = match write.await {
-        Err(_) => Err("not committed in time: the cluster may lack a quorum".into()),
+    let answer: Result<Vec<TxnOutcome>, ProposeError> = match write.await {
+        Err(_) => Err(ProposeError::Timeout(crate::proposer::WRITE_TIMEOUT)),
         Ok(Ok(response)) => match response.data {
             RaftResponse::Txns(outcomes) => Ok(outcomes),
-            other => Err(format!("unexpected response {other:?}")),
+            other => Err(ProposeError::Stopped(format!(
+                "unexpected response {other:?}"
+            ))),
         },
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => Err(format!(
-            "this node no longer leads (leader: {:?})",
-            forward.leader_id
-        )),
-        Ok(Err(error)) => Err(error.to_string()),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
+            Err(ProposeError::Stopped(format!(
+                "this node no longer leads (leader: {:?})",
+                forward.leader_id
+            )))
+        }
+        Ok(Err(error)) => Err(ProposeError::Stopped(error.to_string())),
     };
     binary(encode(&answer))
 }
