@@ -16,6 +16,17 @@
 //! [primary]
 //! heartbeat_ms = 1000                  # nodes heartbeat each other this often
 //! dead_after_ms = 4000                 # a node not heard from this long is dead
+//!
+//! [health]                             # the escalation ladder (docs/health.md)
+//! warn_after_ms = 10000                # a problem lasting this long is logged and shown
+//! isolated_after_ms = 10000            # no peer heard this long: give up primary roles
+//! nudge_after_ms = 30000               # then restart replication, with doubling delays
+//! nudge_backoff_max_ms = 600000
+//! rebuild_after_nudges = 3             # rebuild the Raft log from peers after this many
+//! rebuild_min_window_ms = 300000       # fruitless nudges, over at least this long,
+//! rebuild_min_interval_ms = 3600000    # at most once per this long (and only with evidence)
+//! fsync_warn_ms = 500                  # a slower log fsync is a warning
+//! fsync_critical_ms = 5000
 //! ```
 
 use std::net::SocketAddr;
@@ -105,6 +116,51 @@ impl PrimarySettings {
     }
 }
 
+/// The health monitor's thresholds (see [`crate::health`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSettings {
+    pub warn_after_ms: u64,
+    pub isolated_after_ms: u64,
+    pub nudge_after_ms: u64,
+    pub nudge_backoff_max_ms: u64,
+    pub rebuild_after_nudges: u32,
+    pub rebuild_min_window_ms: u64,
+    pub rebuild_min_interval_ms: u64,
+    pub fsync_warn_ms: u64,
+    pub fsync_critical_ms: u64,
+}
+
+impl Default for HealthSettings {
+    fn default() -> HealthSettings {
+        HealthSettings {
+            warn_after_ms: 10_000,
+            isolated_after_ms: 10_000,
+            nudge_after_ms: 30_000,
+            nudge_backoff_max_ms: 600_000,
+            rebuild_after_nudges: 3,
+            rebuild_min_window_ms: 300_000,
+            rebuild_min_interval_ms: 3_600_000,
+            fsync_warn_ms: 500,
+            fsync_critical_ms: 5_000,
+        }
+    }
+}
+
+impl HealthSettings {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.nudge_after_ms >= 1000,
+            "health.nudge_after_ms must be at least 1000 (each nudge restarts replication)"
+        );
+        anyhow::ensure!(
+            self.rebuild_after_nudges >= 1,
+            "health.rebuild_after_nudges must be at least 1"
+        );
+        Ok(())
+    }
+}
+
 /// Everything a node needs to run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -116,6 +172,7 @@ pub struct NodeConfig {
     pub raft: RaftSettings,
     pub membership: MembershipSettings,
     pub primary: PrimarySettings,
+    pub health: HealthSettings,
 }
 
 impl Default for NodeConfig {
@@ -127,6 +184,7 @@ impl Default for NodeConfig {
             raft: RaftSettings::default(),
             membership: MembershipSettings::default(),
             primary: PrimarySettings::default(),
+            health: HealthSettings::default(),
         }
     }
 }

@@ -83,6 +83,8 @@ pub struct Fetcher {
     cluster_id: Arc<String>,
     faults: crate::faults::Faults,
     jobs: Arc<Mutex<HashMap<Hash, Arc<Job>>>>,
+    /// The last root fetched completely: (root, wall-clock ms).
+    last_complete: Arc<Mutex<Option<(Hash, u64)>>>,
 }
 
 impl Fetcher {
@@ -98,6 +100,7 @@ impl Fetcher {
             cluster_id: Arc::new(cluster_id),
             faults,
             jobs: Arc::new(Mutex::new(HashMap::new())),
+            last_complete: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -152,6 +155,12 @@ impl Fetcher {
             .collect()
     }
 
+    /// The last root whose every blob was fetched and synced (a clean
+    /// pass), with when (ms since the Unix epoch).
+    pub fn last_complete(&self) -> Option<(Hash, u64)> {
+        *self.last_complete.lock()
+    }
+
     /// Forgets a root's job (after its snapshot was installed), letting
     /// garbage collection run again.
     pub fn finish(&self, root: &Hash) {
@@ -184,6 +193,7 @@ impl Fetcher {
                 match tokio::task::spawn_blocking(move || store.pack().sync()).await {
                     Ok(Ok(())) => {
                         tracing::info!(%root, "fetched every blob of the snapshot");
+                        *self.last_complete.lock() = Some((root, crate::health::wall_ms()));
                         job.done.notify_waiters();
                         return;
                     }

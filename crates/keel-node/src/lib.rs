@@ -11,6 +11,9 @@
 //! - [`proposer`]: batching of writes and of linearizable reads;
 //! - [`network`], [`server`]: Raft over HTTP (binary) and the client API (JSON);
 //! - [`node`]: everything assembled, membership and status;
+//! - [`primary`]: primary election per group;
+//! - [`health`]: signals, diagnostics and the escalation ladder;
+//! - [`daemon`]: runs a node and restarts it in-process when its health asks;
 //! - [`identity`], [`config`]: which member a data directory is, and settings.
 //!
 //! The store knows nothing of Raft; this crate is the glue and the server.
@@ -23,9 +26,11 @@ pub mod admin;
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod faults;
 pub mod fence;
 pub mod fetch;
+pub mod health;
 pub mod identity;
 pub mod log_store;
 pub mod network;

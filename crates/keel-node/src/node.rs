@@ -47,6 +47,7 @@ pub(crate) struct Inner {
     pub http: reqwest::Client,
     pub started: Instant,
     pub primary: crate::primary::PrimaryState,
+    pub health: crate::health::Health,
     pub faults: crate::faults::Faults,
     /// Milliseconds since `started` when the leader last sent entries or a heartbeat.
     pub last_leader_contact: AtomicU64,
@@ -80,6 +81,15 @@ impl Node {
     /// [`crate::server::serve`]). Refuses to start when the directory has
     /// no valid membership identity for its store.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+        Node::start_with(config, crate::health::HealthCarry::default()).await
+    }
+
+    /// [`Node::start`], continuing the health monitor's ladder of an
+    /// earlier incarnation (an in-process restart, see [`crate::daemon`]).
+    pub async fn start_with(
+        config: NodeConfig,
+        carry: crate::health::HealthCarry,
+    ) -> anyhow::Result<Node> {
         let options = StoreOptions {
             deterministic_revisions: true,
             ..StoreOptions::default()
@@ -104,10 +114,12 @@ impl Node {
         };
         let identity = NodeIdentity::load(&config.data_dir, &store.identity().store_id)?;
         let fence = Fence::new(&config.data_dir)?;
+        let faults = crate::faults::Faults::for_node(&config.data_dir);
         let (log, recovery) = LogStore::open(
             &config.data_dir.join("raft"),
             &config.data_dir.join(keel_store::datadir::STAGING_DIR),
             fence.clone(),
+            faults.clone(),
         )?;
         let damaged = recovery.truncated_bytes > 0 || recovery.committed_clamped;
         if damaged {
@@ -121,7 +133,7 @@ impl Node {
         });
         let sm = StateMachine::new(store.clone())?;
         config.primary.validate()?;
-        let faults = crate::faults::Faults::from_env();
+        config.health.validate()?;
         let http = http_client();
         let contacts: Contacts = Arc::new(Mutex::new(HashMap::new()));
         let network = Network::new(
@@ -158,6 +170,7 @@ impl Node {
                     faults.clone(),
                 ),
                 primary: crate::primary::PrimaryState::new(config.primary.clone()),
+                health: crate::health::Health::new(carry),
                 faults,
                 routing,
                 config,
@@ -179,6 +192,7 @@ impl Node {
         node.bootstrap_if_founder().await?;
         node.spawn_background_tasks();
         node.spawn_primary_tasks();
+        node.spawn_health_monitor();
         Ok(node)
     }
 
@@ -338,7 +352,18 @@ impl Node {
 
     /// Waits until a local read is linearizable.
     pub async fn read_barrier(&self) -> Result<(), crate::proposer::ProposeError> {
+        if let Some(reason) = self.fenced_by_health() {
+            return Err(crate::proposer::ProposeError::Isolated {
+                node: self.id(),
+                reason,
+            });
+        }
         self.inner.reads.wait().await
+    }
+
+    /// Test-only: makes the current Raft log segment fail every append.
+    pub fn inject_bad_log_segment(&self) -> anyhow::Result<()> {
+        self.inner.log.inject_bad_segment()
     }
 
     /// Test-only fault switches (see [`crate::faults`]).
@@ -541,11 +566,30 @@ impl Node {
         }
     }
 
-    async fn fetch_status(&self, addr: &str) -> Result<NodeStatus, String> {
+    pub(crate) async fn fetch_status(&self, addr: &str) -> Result<NodeStatus, String> {
+        self.fetch_json(addr, "/v1/status").await
+    }
+
+    pub(crate) async fn fetch_diagnostics(
+        &self,
+        addr: &str,
+    ) -> Result<crate::health::diag::NodeDiagnostics, String> {
+        self.fetch_json(addr, "/v1/diagnostics?local=true").await
+    }
+
+    /// Asks a peer's client API (a short timeout: for status pages).
+    async fn fetch_json<T: serde::de::DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+    ) -> Result<T, String> {
+        if self.inner.faults.isolated() {
+            return Err("cut off by fault injection".into());
+        }
         let response = self
             .inner
             .http
-            .get(format!("{}/v1/status", addr.trim_end_matches('/')))
+            .get(format!("{}{path}", addr.trim_end_matches('/')))
             .timeout(STATUS_TIMEOUT)
             .send()
             .await

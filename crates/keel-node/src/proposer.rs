@@ -39,6 +39,8 @@ pub enum ProposeError {
     Forward { leader: String, reason: String },
     #[error("this node has stopped: {0}")]
     Stopped(String),
+    #[error("node {node} is fenced ({reason}): linearizable reads are refused; add stale=true to read its possibly outdated data")]
+    Isolated { node: u64, reason: String },
 }
 
 struct Pending {

@@ -632,14 +632,19 @@ impl Store {
     }
 
     /// Durably records the current state as a new checkpoint. Returns the
-    /// newest checkpoint unchanged when it already holds this state.
+    /// newest checkpoint unchanged when it already holds this state, meta
+    /// included (a replica's meta names the Raft position it covers, which
+    /// can move while the data does not).
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         self.check_writable()?;
         let mut writer = self.inner.writer.lock();
         let commit = self.flush_locked(&mut writer, Durability::Sync, None)?;
         let mut checkpoints = self.inner.checkpoints.lock();
         if let Some(newest) = checkpoints.newest() {
-            if newest.root == commit.root && newest.revision == commit.revision {
+            if newest.root == commit.root
+                && newest.revision == commit.revision
+                && newest.meta == commit.meta
+            {
                 return Ok(newest.clone());
             }
         }

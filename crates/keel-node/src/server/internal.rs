@@ -77,6 +77,14 @@ pub async fn isolate(State(node): State<Node>, axum::Json(on): axum::Json<bool>)
     }
 }
 
+/// Test-only: the current Raft log segment goes bad (appends to it fail).
+pub async fn fail_log(State(node): State<Node>) -> Response {
+    match node.inject_bad_log_segment() {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(error) => refuse(StatusCode::FORBIDDEN, format!("{error:#}")),
+    }
+}
+
 pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> Response {
     let request: AppendEntriesRequest<TypeConfig> = match accept(&node, &headers, &body) {
         Ok(request) => request,

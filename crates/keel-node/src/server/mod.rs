@@ -4,6 +4,7 @@
 
 mod client;
 mod cluster;
+mod health;
 mod internal;
 mod primary;
 
@@ -38,6 +39,7 @@ pub fn router(node: Node) -> Router {
         .route("/v1/txn", post(client::txn))
         .route("/v1/watch", get(client::watch))
         .route("/v1/checkpoints", get(client::checkpoints))
+        .route("/v1/diagnostics", get(health::diagnostics))
         .route("/v1/primary", get(primary::list))
         .route("/v1/primary/{group}", get(primary::status))
         .route("/v1/primary/{group}/history", get(primary::history))
@@ -49,6 +51,7 @@ pub fn router(node: Node) -> Router {
         )
         .route(crate::primary::PATH_HEARTBEAT, post(internal::heartbeat))
         .route("/internal/debug/isolate", post(internal::isolate))
+        .route("/internal/debug/fail-log", post(internal::fail_log))
         .route(crate::network::PATH_APPEND, post(internal::append))
         .route(crate::network::PATH_VOTE, post(internal::vote))
         .route(crate::network::PATH_SNAPSHOT, post(internal::snapshot))
