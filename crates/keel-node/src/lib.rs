@@ -7,6 +7,7 @@
 //! - [`state_machine`]: applies entries to the store; snapshots are checkpoints;
 //! - [`fence`]: stops acknowledging when the data directory goes away;
 //! - [`watch`]: change events for watchers;
+//! - [`walk`]: the walk over a tree's objects, read from disk and hashed;
 //! - [`fetch`]: catch-up by root hash, blob by blob, from any peer;
 //! - [`proposer`]: batching of writes and of linearizable reads;
 //! - [`network`], [`server`]: Raft over HTTP (binary) and the client API (JSON);
@@ -35,4 +36,5 @@ pub mod proposer;
 pub mod server;
 pub mod state_machine;
 pub mod types;
+pub mod walk;
 pub mod watch;
