@@ -16,7 +16,15 @@
 //! [primary]
 //! heartbeat_ms = 1000                  # nodes heartbeat each other this often
 //! dead_after_ms = 4000                 # a node not heard from this long is dead
+//!
+//! [scrub]
+//! rate_bytes_per_sec = 8388608         # re-hash stored blobs at most this fast; 0 disables
+//! pause_between_passes_ms = 60000      # rest between two passes over the tree
 //! ```
+//!
+//! The scrub reads every blob of the current tree and of the newest
+//! checkpoint, and repairs what is missing or corrupt from peers (see
+//! `scrub`). Reads that hit damage repair it at once whatever the rate.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -105,6 +113,27 @@ impl PrimarySettings {
     }
 }
 
+/// The background scrub (see [`crate::scrub`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScrubSettings {
+    /// Bytes re-hashed per second, at most; 0 disables the scrub.
+    pub rate_bytes_per_sec: u64,
+    /// Rest between the end of one pass and the start of the next.
+    pub pause_between_passes_ms: u64,
+}
+
+impl Default for ScrubSettings {
+    fn default() -> ScrubSettings {
+        ScrubSettings {
+            // 1 GB of blobs every two minutes: a small share of one disk and
+            // one core (BLAKE3 hashes well over 1 GB/s).
+            rate_bytes_per_sec: 8 * 1024 * 1024,
+            pause_between_passes_ms: 60_000,
+        }
+    }
+}
+
 /// Everything a node needs to run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -116,6 +145,7 @@ pub struct NodeConfig {
     pub raft: RaftSettings,
     pub membership: MembershipSettings,
     pub primary: PrimarySettings,
+    pub scrub: ScrubSettings,
 }
 
 impl Default for NodeConfig {
@@ -127,6 +157,7 @@ impl Default for NodeConfig {
             raft: RaftSettings::default(),
             membership: MembershipSettings::default(),
             primary: PrimarySettings::default(),
+            scrub: ScrubSettings::default(),
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - [`watch`]: change events for watchers;
 //! - [`walk`]: the walk over a tree's objects, read from disk and hashed;
 //! - [`fetch`]: catch-up by root hash, blob by blob, from any peer;
+//! - [`scrub`]: background scrub, read repair and repair from peers;
 //! - [`proposer`]: batching of writes and of linearizable reads;
 //! - [`network`], [`server`]: Raft over HTTP (binary) and the client API (JSON);
 //! - [`node`]: everything assembled, membership and status;
@@ -33,6 +34,7 @@ pub mod network;
 pub mod node;
 pub mod primary;
 pub mod proposer;
+pub mod scrub;
 pub mod server;
 pub mod state_machine;
 pub mod types;
