@@ -242,6 +242,11 @@ impl Client {
         self.json(self.http.get(self.url("/v1/status"))).await
     }
 
+    /// The node's background scrub: progress, repairs, critical blobs.
+    pub async fn scrub_status(&self) -> Result<crate::scrub::ScrubStatus, ClientError> {
+        self.json(self.http.get(self.url("/v1/scrub"))).await
+    }
+
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
         self.json(self.http.get(self.url("/v1/cluster/status")))
             .await

@@ -27,7 +27,15 @@
 //! rebuild_min_interval_ms = 3600000    # at most once per this long (and only with evidence)
 //! fsync_warn_ms = 500                  # a slower log fsync is a warning
 //! fsync_critical_ms = 5000
+//!
+//! [scrub]
+//! rate_bytes_per_sec = 8388608         # re-hash stored blobs at most this fast; 0 disables
+//! pause_between_passes_ms = 60000      # rest between two passes over the tree
 //! ```
+//!
+//! The scrub reads every blob of the current tree and of the newest
+//! checkpoint, and repairs what is missing or corrupt from peers (see
+//! `scrub`). Reads that hit damage repair it at once whatever the rate.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -161,6 +169,27 @@ impl HealthSettings {
     }
 }
 
+/// The background scrub (see [`crate::scrub`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScrubSettings {
+    /// Bytes re-hashed per second, at most; 0 disables the scrub.
+    pub rate_bytes_per_sec: u64,
+    /// Rest between the end of one pass and the start of the next.
+    pub pause_between_passes_ms: u64,
+}
+
+impl Default for ScrubSettings {
+    fn default() -> ScrubSettings {
+        ScrubSettings {
+            // 1 GB of blobs every two minutes: a small share of one disk and
+            // one core (BLAKE3 hashes well over 1 GB/s).
+            rate_bytes_per_sec: 8 * 1024 * 1024,
+            pause_between_passes_ms: 60_000,
+        }
+    }
+}
+
 /// Everything a node needs to run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -173,6 +202,7 @@ pub struct NodeConfig {
     pub membership: MembershipSettings,
     pub primary: PrimarySettings,
     pub health: HealthSettings,
+    pub scrub: ScrubSettings,
 }
 
 impl Default for NodeConfig {
@@ -185,6 +215,7 @@ impl Default for NodeConfig {
             membership: MembershipSettings::default(),
             primary: PrimarySettings::default(),
             health: HealthSettings::default(),
+            scrub: ScrubSettings::default(),
         }
     }
 }

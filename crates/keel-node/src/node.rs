@@ -42,6 +42,7 @@ pub(crate) struct Inner {
     pub proposer: Proposer,
     pub reads: ReadBarrier,
     pub fetcher: Fetcher,
+    pub scrubber: crate::scrub::Scrubber,
     pub routing: Routing,
     pub contacts: Contacts,
     pub http: reqwest::Client,
@@ -159,16 +160,20 @@ impl Node {
             node_id: identity.node_id,
             faults: faults.clone(),
         };
+        let fetcher = Fetcher::new(
+            store.clone(),
+            http.clone(),
+            identity.cluster_id.clone(),
+            faults.clone(),
+        );
+        let scrubber =
+            crate::scrub::Scrubber::new(store.clone(), fetcher.clone(), config.scrub.clone());
         let node = Node {
             inner: Arc::new(Inner {
                 proposer: Proposer::start(routing.clone()),
                 reads: ReadBarrier::start(routing.clone()),
-                fetcher: Fetcher::new(
-                    store.clone(),
-                    http.clone(),
-                    identity.cluster_id.clone(),
-                    faults.clone(),
-                ),
+                fetcher,
+                scrubber,
                 primary: crate::primary::PrimaryState::new(config.primary.clone()),
                 health: crate::health::Health::new(carry),
                 faults,
@@ -193,6 +198,10 @@ impl Node {
         node.spawn_background_tasks();
         node.spawn_primary_tasks();
         node.spawn_health_monitor();
+        let peers_of = node.clone();
+        node.inner
+            .scrubber
+            .spawn(move || peers_of.peer_urls(), node.shutdown_signal());
         Ok(node)
     }
 
@@ -373,6 +382,15 @@ impl Node {
 
     pub fn fetcher(&self) -> &Fetcher {
         &self.inner.fetcher
+    }
+
+    /// The background scrub and read repair (see [`crate::scrub`]).
+    pub fn scrubber(&self) -> &crate::scrub::Scrubber {
+        &self.inner.scrubber
+    }
+
+    pub fn scrub_status(&self) -> crate::scrub::ScrubStatus {
+        self.inner.scrubber.status()
     }
 
     pub fn state_machine(&self) -> &StateMachine {

@@ -35,6 +35,12 @@ pub struct ServeArgs {
     /// A node not heard from this long is dead for primary election (default 4s).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub primary_dead_after: Option<std::time::Duration>,
+    /// Bytes per second the background scrub re-hashes, at most (0 disables it; default 8 MiB/s).
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    pub scrub_rate: Option<u64>,
+    /// Rest between two scrub passes (default 60s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub scrub_pause: Option<std::time::Duration>,
 }
 
 impl ServeArgs {
@@ -64,6 +70,12 @@ impl ServeArgs {
         }
         if let Some(after) = self.primary_dead_after {
             config.primary.dead_after_ms = after.as_millis() as u64;
+        }
+        if let Some(rate) = self.scrub_rate {
+            config.scrub.rate_bytes_per_sec = rate;
+        }
+        if let Some(pause) = self.scrub_pause {
+            config.scrub.pause_between_passes_ms = pause.as_millis() as u64;
         }
         Ok(config)
     }

@@ -40,6 +40,7 @@ pub fn router(node: Node) -> Router {
         .route("/v1/watch", get(client::watch))
         .route("/v1/checkpoints", get(client::checkpoints))
         .route("/v1/diagnostics", get(health::diagnostics))
+        .route("/v1/scrub", get(client::scrub))
         .route("/v1/primary", get(primary::list))
         .route("/v1/primary/{group}", get(primary::status))
         .route("/v1/primary/{group}/history", get(primary::history))
@@ -115,6 +116,12 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
+
+    /// Data this node holds is damaged and could not be repaired from a
+    /// peer: the request cannot be served without serving bad bytes.
+    pub fn data_damaged(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "data_damaged", message)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -143,6 +150,7 @@ impl From<keel_store::StoreError> for ApiError {
                 "disk_full",
                 error.to_string(),
             ),
+            _ if error.is_damage() => ApiError::data_damaged(error.to_string()),
             _ => ApiError::internal(error.to_string()),
         }
     }
