@@ -8,16 +8,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::{Args, Subcommand};
+use clap::Args;
 use keel_store::{Op, Store, StoreOptions, Txn};
 
 use crate::output::Output;
-
-#[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// Benchmark the local store (no cluster).
-    Store(StoreBenchArgs),
-}
 
 #[derive(Args, Debug)]
 pub struct StoreBenchArgs {
@@ -55,12 +49,6 @@ struct Report {
     large_store_commits_per_sec: f64,
 }
 
-pub fn run(command: &BenchCommand, out: Output) -> anyhow::Result<()> {
-    match command {
-        BenchCommand::Store(args) => store(args, out),
-    }
-}
-
 fn fresh(dir: &std::path::Path) -> anyhow::Result<Store> {
     if dir.exists() {
         std::fs::remove_dir_all(dir)?;
@@ -96,7 +84,7 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
     sorted[i].as_secs_f64() * 1e6
 }
 
-fn store(args: &StoreBenchArgs, out: Output) -> anyhow::Result<()> {
+pub fn run(args: &StoreBenchArgs, out: Output) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.dir)?;
     let progress = |text: &str| eprintln!("bench: {text}");
 
