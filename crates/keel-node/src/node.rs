@@ -380,6 +380,13 @@ impl Node {
         &self.inner.faults
     }
 
+    /// A read index for a follower's linearizable read (leader only).
+    pub async fn read_index_for_follower(
+        &self,
+    ) -> Result<Option<u64>, crate::proposer::ProposeError> {
+        self.inner.reads.read_index_for_follower().await
+    }
+
     pub fn fetcher(&self) -> &Fetcher {
         &self.inner.fetcher
     }
