@@ -39,6 +39,8 @@ enum Command {
     Member(cmd::cluster::MemberCommand),
     /// Show the cluster: members, roles, progress, readiness, roots.
     Status(cmd::cluster::EndpointArg),
+    /// Check every node's health: a verdict per check, the evidence, the escalation ladder.
+    Diag(cmd::cluster::EndpointArg),
     /// Show a group's primary, its term and candidates; watch it; its history.
     Primary(cmd::primary::PrimaryArgs),
     /// Configure a primary group: candidates, priorities, cooldown, handover.
@@ -81,6 +83,7 @@ fn main() -> ExitCode {
         Command::Leave(args) => cmd::cluster::leave(args, out),
         Command::Member(command) => cmd::cluster::member(command, out),
         Command::Status(args) => cmd::cluster::status(args, out),
+        Command::Diag(args) => cmd::diag::run(args, out),
         Command::Primary(args) => cmd::primary::primary(args, out),
         Command::Group(command) => cmd::primary::group(command, out),
         Command::Run(args) => cmd::run::run(args, out),

@@ -10,13 +10,12 @@
 
 mod harness;
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
-use harness::{keel, seed, Cluster};
+use harness::workload::Workload;
+use harness::{keel, seed, wall_ms, Cluster};
 use keel_node::client::Client;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -31,157 +30,6 @@ const GRACE: &str = "1s";
 const ROUNDS: usize = 20;
 /// The whole campaign's bound (a stuck cluster fails instead of hanging).
 const TIME_LIMIT: Duration = Duration::from_secs(420);
-/// A process may live this long after its last record (a tick is 100 ms).
-const RECORD_SLACK_NS: u64 = 200_000_000;
-
-/// The workload: records `kind node term pid time_ns` lines; on SIGTERM it
-/// records, lingers (ticking) for as many tenths of a second as the
-/// `linger` file says, and exits. A background child checks that the whole
-/// process group is stopped.
-const SCRIPT: &str = r#"#!/bin/sh
-dir="$(dirname "$0")"
-rec() { echo "$1 $KEEL_NODE_ID $KEEL_TERM $$ $(date +%s%N)" >> "$dir/record"; }
-on_term() {
-  rec term
-  n=$(cat "$dir/linger" 2>/dev/null || echo 0)
-  i=0
-  while [ "$i" -lt "$n" ]; do rec tick; sleep 0.1; i=$((i+1)); done
-  rec stop
-  exit 0
-}
-trap on_term TERM
-rec start
-sleep 1000 &
-echo $! >> "$dir/children"
-while true; do rec tick; sleep 0.1; done
-"#;
-
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// One `keel run` per node.
-struct Supervisor {
-    child: Child,
-}
-
-impl Supervisor {
-    fn start(endpoint: &str, script: &Path, log: &Path) -> Supervisor {
-        let log = std::fs::File::create(log).unwrap();
-        let child = keel()
-            .args(["run", "--endpoint", endpoint, "--grace", GRACE, "--"])
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        Supervisor { child }
-    }
-
-    /// SIGTERM: it stops its command, then exits.
-    fn stop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let started = Instant::now();
-        while started.elapsed() < Duration::from_secs(10) {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        panic!("keel run did not stop within 10 s of SIGTERM");
-    }
-}
-
-impl Drop for Supervisor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug)]
-struct Instance {
-    node: u64,
-    term: u64,
-    #[allow(dead_code)] // shown in failure messages
-    pid: u64,
-    first_ns: u64,
-    last_ns: u64,
-    started: bool,
-    stopped: bool,
-}
-
-fn read_record(path: &Path) -> Vec<Instance> {
-    let mut by_pid: BTreeMap<u64, Instance> = BTreeMap::new();
-    let Ok(file) = std::fs::File::open(path) else {
-        return Vec::new();
-    };
-    for line in BufReader::new(file).lines() {
-        let line = line.unwrap();
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // A line torn by a kill mid-write is not a record.
-        let [kind, node, term, pid, ns] = fields[..] else {
-            continue;
-        };
-        let (Ok(node), Ok(term), Ok(pid), Ok(ns)) = (
-            node.parse::<u64>(),
-            term.parse::<u64>(),
-            pid.parse::<u64>(),
-            ns.parse::<u64>(),
-        ) else {
-            continue;
-        };
-        let instance = by_pid.entry(pid).or_insert(Instance {
-            node,
-            term,
-            pid,
-            first_ns: ns,
-            last_ns: ns,
-            started: false,
-            stopped: false,
-        });
-        instance.first_ns = instance.first_ns.min(ns);
-        instance.last_ns = instance.last_ns.max(ns);
-        instance.started |= kind == "start";
-        instance.stopped |= kind == "stop";
-    }
-    let mut instances: Vec<Instance> = by_pid.into_values().collect();
-    instances.sort_by_key(|i| i.first_ns);
-    instances
-}
-
-/// At no instant did two copies run; terms only grow; a term has one node.
-fn check_record(instances: &[Instance]) {
-    let mut term_node: BTreeMap<u64, u64> = BTreeMap::new();
-    for pair in instances.windows(2) {
-        let (a, b) = (&pair[0], &pair[1]);
-        assert!(
-            b.first_ns > a.last_ns + RECORD_SLACK_NS,
-            "two copies ran at once: {a:?} and {b:?} ({} ms apart)",
-            (b.first_ns as i128 - a.last_ns as i128) / 1_000_000
-        );
-        assert!(b.term >= a.term, "terms went backwards: {a:?} then {b:?}");
-    }
-    for instance in instances {
-        assert!(
-            instance.started,
-            "an instance without a start: {instance:?}"
-        );
-        let node = *term_node.entry(instance.term).or_insert(instance.node);
-        assert_eq!(
-            node, instance.node,
-            "term {} ran on two nodes",
-            instance.term
-        );
-    }
-}
 
 /// The group's primary and term, asked of `client` (any node forwards to
 /// the decider).
@@ -233,19 +81,12 @@ async fn primary_fails_over_fenced_and_waits_the_cooldown_over_randomized_rounds
         "{}",
         String::from_utf8_lossy(&group_set.stderr)
     );
-    let script = base.join("workload.sh");
-    std::fs::write(&script, SCRIPT).unwrap();
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&script)
-        .status()
-        .unwrap();
-    let record = base.join("record");
-    let mut supervisors: Vec<Supervisor> = cluster
+    let workload = Workload::new(&base.join("workload"));
+    let mut supervisors: Vec<_> = cluster
         .members
         .iter()
         .enumerate()
-        .map(|(i, m)| Supervisor::start(&m.url(), &script, &base.join(format!("run{}.log", i + 1))))
+        .map(|(i, m)| workload.supervise(&m.url(), GRACE, &base.join(format!("run{}.log", i + 1))))
         .collect();
     // Node ids are 1, 2, 3 in member order (ids are allocated in join order).
     for (i, member) in cluster.members.iter().enumerate() {
@@ -292,7 +133,7 @@ async fn primary_fails_over_fenced_and_waits_the_cooldown_over_randomized_rounds
         if rng.gen_bool(0.75) {
             let what = format!("the workload of node {primary} in term {term}");
             harness::eventually(&what, Duration::from_secs(15), || {
-                let instances = read_record(&record);
+                let instances = workload.instances();
                 async move {
                     instances
                         .iter()
@@ -302,7 +143,7 @@ async fn primary_fails_over_fenced_and_waits_the_cooldown_over_randomized_rounds
             .await;
         }
         let linger = if rng.gen_bool(0.3) { 20 } else { 0 }; // 2 s: past the grace
-        std::fs::write(base.join("linger"), linger.to_string()).unwrap();
+        workload.set_linger(linger);
         let fault = [Fault::Kill, Fault::Pause, Fault::Isolate][rng.gen_range(0..3)];
         let victim = (primary - 1) as usize;
         println!(
@@ -397,31 +238,21 @@ async fn primary_fails_over_fenced_and_waits_the_cooldown_over_randomized_rounds
     for supervisor in &mut supervisors {
         supervisor.stop();
     }
-    let instances = read_record(&record);
+    let instances = workload.check_record();
     println!(
         "{} workload instances over {ROUNDS} rounds, {} killed after the grace",
         instances.len(),
         instances.iter().filter(|i| !i.stopped).count()
     );
-    check_record(&instances);
     assert!(
         instances.len() > ROUNDS / 2,
         "the workload ran in most rounds"
     );
-    // The shells' background children died with their process groups.
-    let children = std::fs::read_to_string(base.join("children")).unwrap_or_default();
-    for pid in children
-        .lines()
-        .filter_map(|l| l.trim().parse::<i32>().ok())
-    {
-        // SAFETY: signal 0 only checks for existence.
-        let alive = unsafe { libc::kill(pid, 0) } == 0;
-        let zombie_or_gone = !alive
-            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|s| s.contains(") Z "))
-                .unwrap_or(true);
-        assert!(zombie_or_gone, "pid {pid} outlived its process group");
-    }
+    let leftovers = workload.leftover_children();
+    assert!(
+        leftovers.is_empty(),
+        "outlived their process group: {leftovers:?}"
+    );
     // The history matches the record: every term ran on its decided node.
     let history = cluster.members[0]
         .client()

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use keel_store::TxnOutcome;
 use reqwest::StatusCode;
 
+use crate::health::diag::{ClusterDiagnostics, NodeDiagnostics};
 use crate::primary::rules::{Decision, GroupConfig};
 use crate::primary::{PrimaryStatus, SelfStatus};
 
@@ -241,6 +242,11 @@ impl Client {
         self.json(self.http.get(self.url("/v1/status"))).await
     }
 
+    /// The node's background scrub: progress, repairs, critical blobs.
+    pub async fn scrub_status(&self) -> Result<crate::scrub::ScrubStatus, ClientError> {
+        self.json(self.http.get(self.url("/v1/scrub"))).await
+    }
+
     pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
         self.json(self.http.get(self.url("/v1/cluster/status")))
             .await
@@ -411,6 +417,25 @@ impl Client {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Every member's diagnostics (asked of this node).
+    pub async fn diagnostics(&self) -> Result<ClusterDiagnostics, ClientError> {
+        self.json(self.http.get(self.url("/v1/diagnostics"))).await
+    }
+
+    /// This node's diagnostics only.
+    pub async fn node_diagnostics(&self) -> Result<NodeDiagnostics, ClientError> {
+        self.json(self.http.get(self.url("/v1/diagnostics?local=true")))
+            .await
+    }
+
+    /// Makes the node's current Raft log segment fail every append (fault
+    /// injection, like [`Client::isolate`]).
+    pub async fn fail_log(&self) -> Result<(), ClientError> {
+        self.send(self.http.post(self.url("/internal/debug/fail-log")))
+            .await
+            .map(|_| ())
     }
 
     /// Cuts the node off from its peers, or restores it (fault injection:

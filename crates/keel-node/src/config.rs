@@ -17,17 +17,36 @@
 //! heartbeat_ms = 1000                  # nodes heartbeat each other this often
 //! dead_after_ms = 4000                 # a node not heard from this long is dead
 //!
+//! [health]                             # the escalation ladder (docs/health.md)
+//! warn_after_ms = 10000                # a problem lasting this long is logged and shown
+//! isolated_after_ms = 10000            # no peer heard this long: give up primary roles
+//! nudge_after_ms = 30000               # then restart replication, with doubling delays
+//! nudge_backoff_max_ms = 600000
+//! rebuild_after_nudges = 3             # rebuild the Raft log from peers after this many
+//! rebuild_min_window_ms = 300000       # fruitless nudges, over at least this long,
+//! rebuild_min_interval_ms = 3600000    # at most once per this long (and only with evidence)
+//! fsync_warn_ms = 500                  # a slower log fsync is a warning
+//! fsync_critical_ms = 5000
+//!
+//! [scrub]
+//! rate_bytes_per_sec = 8388608         # re-hash stored blobs at most this fast; 0 disables
+//! pause_between_passes_ms = 60000      # rest between two passes over the tree
+//!
 //! [disk]
 //! low_watermark_bytes = 134217728      # below 128 MiB free, client writes are refused (507)
 //! reserve_bytes = 67108864             # D/reserve: 64 MiB kept for what cannot be refused (0: none)
 //! ```
+//!
+//! The scrub reads every blob of the current tree and of the newest
+//! checkpoint, and repairs what is missing or corrupt from peers (see
+//! `scrub`). Reads that hit damage repair it at once whatever the rate.
 //!
 //! `[disk]`: with less than `low_watermark_bytes` free in the data
 //! directory's file system, the node refuses client writes and entries from
 //! the leader, releases its reserve (a preallocated file) so that what is
 //! already accepted can still be applied, and reclaims space. It returns to
 //! normal by itself once `low_watermark_bytes + reserve_bytes` plus a quarter
-//! of the watermark are free again. See `disk.rs` and docs/ARCHITECTURE.md.
+//! of the watermark are free again. See `disk.rs` and docs/health.md.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -136,6 +155,72 @@ impl Default for DiskSettings {
     }
 }
 
+/// The health monitor's thresholds (see [`crate::health`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthSettings {
+    pub warn_after_ms: u64,
+    pub isolated_after_ms: u64,
+    pub nudge_after_ms: u64,
+    pub nudge_backoff_max_ms: u64,
+    pub rebuild_after_nudges: u32,
+    pub rebuild_min_window_ms: u64,
+    pub rebuild_min_interval_ms: u64,
+    pub fsync_warn_ms: u64,
+    pub fsync_critical_ms: u64,
+}
+
+impl Default for HealthSettings {
+    fn default() -> HealthSettings {
+        HealthSettings {
+            warn_after_ms: 10_000,
+            isolated_after_ms: 10_000,
+            nudge_after_ms: 30_000,
+            nudge_backoff_max_ms: 600_000,
+            rebuild_after_nudges: 3,
+            rebuild_min_window_ms: 300_000,
+            rebuild_min_interval_ms: 3_600_000,
+            fsync_warn_ms: 500,
+            fsync_critical_ms: 5_000,
+        }
+    }
+}
+
+impl HealthSettings {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.nudge_after_ms >= 1000,
+            "health.nudge_after_ms must be at least 1000 (each nudge restarts replication)"
+        );
+        anyhow::ensure!(
+            self.rebuild_after_nudges >= 1,
+            "health.rebuild_after_nudges must be at least 1"
+        );
+        Ok(())
+    }
+}
+
+/// The background scrub (see [`crate::scrub`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScrubSettings {
+    /// Bytes re-hashed per second, at most; 0 disables the scrub.
+    pub rate_bytes_per_sec: u64,
+    /// Rest between the end of one pass and the start of the next.
+    pub pause_between_passes_ms: u64,
+}
+
+impl Default for ScrubSettings {
+    fn default() -> ScrubSettings {
+        ScrubSettings {
+            // 1 GB of blobs every two minutes: a small share of one disk and
+            // one core (BLAKE3 hashes well over 1 GB/s).
+            rate_bytes_per_sec: 8 * 1024 * 1024,
+            pause_between_passes_ms: 60_000,
+        }
+    }
+}
+
 /// Everything a node needs to run.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -148,6 +233,8 @@ pub struct NodeConfig {
     pub membership: MembershipSettings,
     pub primary: PrimarySettings,
     pub disk: DiskSettings,
+    pub health: HealthSettings,
+    pub scrub: ScrubSettings,
 }
 
 impl Default for NodeConfig {
@@ -160,6 +247,8 @@ impl Default for NodeConfig {
             membership: MembershipSettings::default(),
             primary: PrimarySettings::default(),
             disk: DiskSettings::default(),
+            health: HealthSettings::default(),
+            scrub: ScrubSettings::default(),
         }
     }
 }

@@ -72,7 +72,10 @@ pub const RESERVE_FILE: &str = "reserve";
 /// Bytes written at once when the file system cannot preallocate.
 const ZEROS_BYTES: usize = 1024 * 1024;
 
-const _: () = assert!(CHECKPOINTS_KEPT_WHEN_LOW >= 1, "the newest checkpoint is always kept");
+const _: () = assert!(
+    CHECKPOINTS_KEPT_WHEN_LOW >= 1,
+    "the newest checkpoint is always kept"
+);
 const _: () = assert!(
     STAGING_STALE_AFTER.as_secs() > 60,
     "longer than a fetch's batch timeout"
@@ -193,7 +196,8 @@ impl Disk {
     pub fn new(node_id: NodeId, dir: &Path, settings: DiskSettings, faults: Faults) -> Disk {
         let reserve = dir.join(RESERVE_FILE);
         let reserve_len = std::fs::metadata(&reserve).map(|m| m.len()).ok();
-        let reserve_present = settings.reserve_bytes > 0 && reserve_len == Some(settings.reserve_bytes);
+        let reserve_present =
+            settings.reserve_bytes > 0 && reserve_len == Some(settings.reserve_bytes);
         if reserve_len.is_some() && !reserve_present {
             if let Err(error) = release_reserve(dir) {
                 tracing::warn!(%error, "cannot remove a reserve file of the wrong size");

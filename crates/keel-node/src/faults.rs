@@ -1,6 +1,9 @@
 //! Fault injection for tests, at two seams:
 //! - the network: a node can be cut off from its peers (both directions)
-//!   while it keeps running and keeps answering local clients;
+//!   while it keeps running and keeps answering local clients. A cut
+//!   survives the node's restarts (a marker file in its data directory), as
+//!   a real partition would: a node must not heal a partition by restarting
+//!   itself;
 //! - the disk: a node can be told its data directory lives on a file system
 //!   of a given size. The disk monitor then reports that size (minus what
 //!   the directory holds) as the free space, and appends to the pack, the
@@ -11,6 +14,7 @@
 //! Only available when the node was started with `KEEL_FAULT_INJECTION=1`;
 //! a production node refuses it.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -21,10 +25,14 @@ pub const FAULT_INJECTION_ENV: &str = "KEEL_FAULT_INJECTION";
 /// `disk_limit` value meaning "no injected limit".
 const NO_DISK_LIMIT: u64 = u64::MAX;
 
+/// Marks, in the data directory, a node that is cut off.
+const ISOLATED_MARKER: &str = "fault-isolated";
+
 #[derive(Debug)]
 struct State {
     enabled: bool,
     isolated: AtomicBool,
+    marker: Option<PathBuf>,
     /// Injected file-system size in bytes, or [`NO_DISK_LIMIT`].
     disk_limit: AtomicU64,
     /// The append budget that enforces `disk_limit` (kept by the disk monitor).
@@ -36,6 +44,7 @@ impl Default for State {
         State {
             enabled: false,
             isolated: AtomicBool::new(false),
+            marker: None,
             disk_limit: AtomicU64::new(NO_DISK_LIMIT),
             space: Arc::new(SpaceLimit::default()),
         }
@@ -49,13 +58,24 @@ pub struct Faults {
 }
 
 impl Faults {
-    pub fn from_env() -> Faults {
+    /// The switches of the node with data directory `dir`: enabled by the
+    /// environment, and still cut off if it was when it last stopped.
+    pub fn for_node(dir: &Path) -> Faults {
+        let enabled = std::env::var(FAULT_INJECTION_ENV).is_ok_and(|v| v == "1");
+        let marker = dir.join(ISOLATED_MARKER);
         Faults {
             state: Arc::new(State {
-                enabled: std::env::var(FAULT_INJECTION_ENV).is_ok_and(|v| v == "1"),
+                enabled,
+                isolated: AtomicBool::new(enabled && marker.exists()),
+                marker: Some(marker),
                 ..State::default()
             }),
         }
+    }
+
+    /// Whether fault injection is allowed at all.
+    pub fn enabled(&self) -> bool {
+        self.state.enabled
     }
 
     /// Whether peer traffic is cut.
@@ -75,6 +95,17 @@ impl Faults {
     /// Cuts (or restores) peer traffic.
     pub fn set_isolated(&self, isolated: bool) -> Result<(), String> {
         self.check_enabled()?;
+        if let Some(marker) = &self.state.marker {
+            let written = if isolated {
+                std::fs::write(marker, b"cut off by fault injection\n")
+            } else {
+                std::fs::remove_file(marker).or_else(|e| match e.kind() {
+                    std::io::ErrorKind::NotFound => Ok(()),
+                    _ => Err(e),
+                })
+            };
+            written.map_err(|e| format!("cannot record the fault in {}: {e}", marker.display()))?;
+        }
         self.state.isolated.store(isolated, Ordering::Relaxed);
         tracing::warn!(
             isolated,

@@ -1,5 +1,7 @@
 //! Catch-up by root hash: fetch the blobs under a root that this node lacks,
-//! from any peer, verifying every one.
+//! from any peer, verifying every one. The tree is walked by
+//! [`crate::walk`] (every present blob read and hashed); the scrub reuses
+//! the batch request below to repair damaged blobs.
 //!
 //! The Kura lesson, kept as invariants:
 //! - one failed blob never aborts a pass: it is recorded, the pass goes on
@@ -15,7 +17,7 @@
 //! Wire format of `POST /internal/blobs`: the request is a postcard list of
 //! hashes; the answer is, for each hash in order, `found:u8 len:u32le bytes`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,14 +25,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use keel_store::fsutil::StagingFile;
-use keel_store::object::{EntryValue, Node, BLOB_BYTES_MAX};
-use keel_store::{Hash, Store, StoreError};
+use keel_store::object::BLOB_BYTES_MAX;
+use keel_store::{Hash, Store};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::network::CLUSTER_HEADER;
 use crate::types::encode;
+use crate::walk::{step_blocking, Walk};
 
 /// Hashes asked for in one request.
 pub const FETCH_BATCH_BLOBS_MAX: usize = 256;
@@ -41,15 +44,8 @@ const PASS_BACKOFF_MIN: Duration = Duration::from_millis(200);
 const PASS_BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub const PATH_BLOBS: &str = "/internal/blobs";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Kind {
-    Node,
-    ChunkList,
-    Chunk,
-}
-
 /// A batch's answer: the verified blobs, and the hashes not obtained.
-type BatchAnswer = (Vec<(Hash, Bytes)>, Vec<Hash>);
+pub(crate) type BatchAnswer = (Vec<(Hash, Bytes)>, Vec<Hash>);
 
 /// Progress of fetching one root.
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
@@ -83,6 +79,8 @@ pub struct Fetcher {
     cluster_id: Arc<String>,
     faults: crate::faults::Faults,
     jobs: Arc<Mutex<HashMap<Hash, Arc<Job>>>>,
+    /// The last root fetched completely: (root, wall-clock ms).
+    last_complete: Arc<Mutex<Option<(Hash, u64)>>>,
 }
 
 impl Fetcher {
@@ -98,6 +96,7 @@ impl Fetcher {
             cluster_id: Arc::new(cluster_id),
             faults,
             jobs: Arc::new(Mutex::new(HashMap::new())),
+            last_complete: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -152,6 +151,12 @@ impl Fetcher {
             .collect()
     }
 
+    /// The last root whose every blob was fetched and synced (a clean
+    /// pass), with when (ms since the Unix epoch).
+    pub fn last_complete(&self) -> Option<(Hash, u64)> {
+        *self.last_complete.lock()
+    }
+
     /// Forgets a root's job (after its snapshot was installed), letting
     /// garbage collection run again.
     pub fn finish(&self, root: &Hash) {
@@ -184,6 +189,7 @@ impl Fetcher {
                 match tokio::task::spawn_blocking(move || store.pack().sync()).await {
                     Ok(Ok(())) => {
                         tracing::info!(%root, "fetched every blob of the snapshot");
+                        *self.last_complete.lock() = Some((root, crate::health::wall_ms()));
                         job.done.notify_waiters();
                         return;
                     }
@@ -208,32 +214,28 @@ impl Fetcher {
         peer_turn: &mut usize,
     ) -> anyhow::Result<usize> {
         anyhow::ensure!(!peers.is_empty(), "no peer to fetch from");
-        let mut queue: VecDeque<(Hash, Kind)> = VecDeque::from([(root, Kind::Node)]);
-        let mut seen: HashSet<Hash> = HashSet::new();
-        let mut want: Vec<(Hash, Kind)> = Vec::new();
+        let mut walk = Walk::new();
+        walk.push_root(root, 0);
         let mut still_missing = 0usize;
         let mut failures = Vec::new();
         loop {
-            while let Some((hash, kind)) = queue.pop_front() {
-                if !seen.insert(hash) {
-                    continue;
-                }
-                match self.children(hash, kind) {
-                    Ok(Some(children)) => queue.extend(children),
-                    Ok(None) => want.push((hash, kind)),
-                    Err(error) => return Err(error.into()),
-                }
-                if want.len() >= FETCH_BATCH_BLOBS_MAX {
-                    break;
-                }
+            walk = step_blocking(walk, self.store.clone(), u64::MAX, FETCH_BATCH_BLOBS_MAX).await?;
+            let found = walk.take_found();
+            if found.is_empty() {
+                break; // a step ends early only when it has found a batch
             }
-            if want.is_empty() {
-                break;
+            let (wanted, unfetchable): (Vec<_>, Vec<_>) =
+                found.into_iter().partition(|f| f.damage.repairable());
+            for found in unfetchable {
+                still_missing += 1;
+                failures.push(format!("{}: {}", found.visit.hash, found.detail));
             }
-            let batch: Vec<(Hash, Kind)> = std::mem::take(&mut want);
+            if wanted.is_empty() {
+                continue;
+            }
             let peer = &peers[*peer_turn % peers.len()];
             *peer_turn += 1;
-            let hashes: Vec<Hash> = batch.iter().map(|(h, _)| *h).collect();
+            let hashes: Vec<Hash> = wanted.iter().map(|f| f.visit.hash).collect();
             match self.fetch_batch(peer, &hashes).await {
                 Ok((got, missing)) => {
                     {
@@ -245,11 +247,10 @@ impl Fetcher {
                     let fetched: HashSet<Hash> = got.iter().map(|(h, _)| *h).collect();
                     let store = self.store.clone();
                     tokio::task::spawn_blocking(move || store.import_blobs(&got, true)).await??;
-                    for (hash, kind) in batch {
-                        if fetched.contains(&hash) {
+                    for found in wanted {
+                        if fetched.contains(&found.visit.hash) {
                             // Now present: look inside it on this same pass.
-                            seen.remove(&hash);
-                            queue.push_back((hash, kind));
+                            walk.revisit(found.visit);
                         }
                     }
                     for hash in missing {
@@ -262,57 +263,20 @@ impl Fetcher {
                     failures.push(format!("{} blobs from {peer}: {error}", hashes.len()));
                 }
             }
-            job.progress.lock().missing = still_missing + want.len() + queue.len();
+            job.progress.lock().missing = still_missing;
         }
         failures.truncate(5);
         job.progress.lock().recent_failures = failures;
         Ok(still_missing)
     }
 
-    /// The blobs a present object refers to; `None` when the object is
-    /// missing or damaged here (so it must be fetched).
-    fn children(&self, hash: Hash, kind: Kind) -> Result<Option<Vec<(Hash, Kind)>>, StoreError> {
-        let objects = self.store.objects();
-        let result = match kind {
-            Kind::Chunk => {
-                return Ok(self.store.pack().get(&hash).ok().map(|_| Vec::new()));
-            }
-            Kind::ChunkList => objects.chunk_list(&hash).map(|list| {
-                let child = if list.level == 0 {
-                    Kind::Chunk
-                } else {
-                    Kind::ChunkList
-                };
-                list.entries.iter().map(|(h, _)| (*h, child)).collect()
-            }),
-            Kind::Node => objects.node(&hash).map(|cell| match &cell.node {
-                Node::Branch(branch) => branch
-                    .children
-                    .iter()
-                    .filter_map(|c| c.link.known_hash().map(|h| (h, Kind::Node)))
-                    .collect(),
-                Node::Leaf(leaf) => leaf
-                    .entries
-                    .iter()
-                    .filter_map(|e| match &e.value {
-                        EntryValue::Inline(_) => None,
-                        EntryValue::Blob { hash, .. } => Some((*hash, Kind::Chunk)),
-                        EntryValue::Chunked { list, .. } => Some((*list, Kind::ChunkList)),
-                        EntryValue::Dir { root, .. } => root.known_hash().map(|h| (h, Kind::Node)),
-                    })
-                    .collect(),
-            }),
-        };
-        match result {
-            Ok(children) => Ok(Some(children)),
-            Err(error) if error.is_damage() => Ok(None),
-            Err(error) => Err(error),
-        }
-    }
-
     /// Asks one peer for a batch; the answer streams through a staging file.
     /// Returns the verified blobs and the hashes the peer did not have.
-    async fn fetch_batch(&self, peer: &str, hashes: &[Hash]) -> anyhow::Result<BatchAnswer> {
+    pub(crate) async fn fetch_batch(
+        &self,
+        peer: &str,
+        hashes: &[Hash],
+    ) -> anyhow::Result<BatchAnswer> {
         anyhow::ensure!(!self.faults.isolated(), "cut off by fault injection");
         let response = self
             .http

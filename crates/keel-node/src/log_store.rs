@@ -32,6 +32,7 @@ use openraft::{ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use crate::faults::Faults;
 use crate::fence::Fence;
 use crate::types::{decode, encode, Entry, LogId, StorageError, TypeConfig, Vote};
 
@@ -43,6 +44,11 @@ const WAL_SEGMENT_BYTES_TARGET: u64 = 32 * 1024 * 1024;
 /// Recently appended entries kept decoded in memory (replication reads the tail).
 const ENTRY_CACHE_MAX: usize = 4096;
 const STATE_FILES: [&str; 2] = ["state.a", "state.b"];
+/// Test-only (fault injection): appends to the segment file with the inode
+/// named in this file fail, like writes to a bad region of a disk.
+const FAULT_BAD_INODE_FILE: &str = "fault-bad-inode";
+/// Where a rebuild sets the old log aside (`D/raft.rebuild-<ms>`).
+pub const ASIDE_PREFIX: &str = "raft.rebuild-";
 
 /// Durable Raft state other than entries.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,7 +73,49 @@ struct Inner {
     staging: PathBuf,
     wal: SegmentLog,
     fence: Fence,
+    faults: Faults,
     state: Mutex<State>,
+    fsync: Mutex<FsyncStats>,
+}
+
+/// How long the log's fsyncs take: what every acknowledgement waits for.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct FsyncStats {
+    pub count: u64,
+    pub last_ms: f64,
+    /// Exponentially weighted mean (weight 1/16 on the newest).
+    pub mean_ms: f64,
+    /// The slowest in the last minute.
+    pub max_recent_ms: f64,
+    #[serde(skip)]
+    recent_window: Option<std::time::Instant>,
+    pub failures: u64,
+    pub last_failure: Option<String>,
+}
+
+impl FsyncStats {
+    fn record(&mut self, took: std::time::Duration, result: &std::io::Result<()>) {
+        let ms = took.as_secs_f64() * 1000.0;
+        self.count += 1;
+        self.last_ms = ms;
+        self.mean_ms = if self.count == 1 {
+            ms
+        } else {
+            self.mean_ms + (ms - self.mean_ms) / 16.0
+        };
+        let fresh = self
+            .recent_window
+            .is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(60));
+        if !fresh {
+            self.recent_window = Some(std::time::Instant::now());
+            self.max_recent_ms = 0.0;
+        }
+        self.max_recent_ms = self.max_recent_ms.max(ms);
+        if let Err(error) = result {
+            self.failures += 1;
+            self.last_failure = Some(error.to_string());
+        }
+    }
 }
 
 struct State {
@@ -119,6 +167,7 @@ impl LogStore {
         dir: &Path,
         staging: &Path,
         fence: Fence,
+        faults: Faults,
     ) -> anyhow::Result<(LogStore, LogRecovery)> {
         create_dir_durable(dir)?;
         let mut recovery = LogRecovery::default();
@@ -149,7 +198,9 @@ impl LogStore {
                 staging: staging.to_path_buf(),
                 wal,
                 fence,
+                faults,
                 state: Mutex::new(state),
+                fsync: Mutex::new(FsyncStats::default()),
             }),
         };
         Ok((store, recovery))
@@ -212,6 +263,68 @@ impl LogStore {
     pub fn bytes(&self) -> u64 {
         self.inner.wal.total_bytes()
     }
+
+    pub fn fsync_stats(&self) -> FsyncStats {
+        self.inner.fsync.lock().clone()
+    }
+
+    fn active_inode(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let active = self.inner.wal.active_id()?;
+        std::fs::metadata(self.inner.wal.path_of(active))
+            .ok()
+            .map(|m| m.ino())
+    }
+
+    /// Test-only: makes every later append to the current segment file
+    /// fail (it survives restarts; only setting the log aside cures it).
+    pub fn inject_bad_segment(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.inner.faults.enabled(),
+            "fault injection is off (start the node with {}=1)",
+            crate::faults::FAULT_INJECTION_ENV
+        );
+        let inode = self
+            .active_inode()
+            .ok_or_else(|| anyhow::anyhow!("the log has no segment yet"))?;
+        write_atomic(
+            &self.inner.staging,
+            &self.inner.dir.join(FAULT_BAD_INODE_FILE),
+            inode.to_string().as_bytes(),
+        )?;
+        Ok(())
+    }
+
+    fn injected_failure(&self) -> bool {
+        if !self.inner.faults.enabled() {
+            return false;
+        }
+        let Ok(text) = std::fs::read_to_string(self.inner.dir.join(FAULT_BAD_INODE_FILE)) else {
+            return false;
+        };
+        text.trim().parse().ok() == self.active_inode()
+    }
+}
+
+/// Sets the log's entries aside for a rebuild: every segment moves to
+/// `aside` (kept until the node is ready again), the state files (the vote,
+/// the purge point) stay. On the next start the log is empty, Raft purges
+/// up to what the store has applied, and the leader sends the rest.
+/// Call only on a stopped node.
+pub fn set_aside(dir: &Path, aside: &Path) -> anyhow::Result<usize> {
+    create_dir_durable(aside)?;
+    let mut moved = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().ends_with(".wal") {
+            std::fs::rename(entry.path(), aside.join(&name))?;
+            moved += 1;
+        }
+    }
+    keel_store::fsutil::fsync_dir(aside)?;
+    keel_store::fsutil::fsync_dir(dir)?;
+    Ok(moved)
 }
 
 fn read_state(dir: &Path, recovery: &mut LogRecovery) -> anyhow::Result<RaftState> {
@@ -407,6 +520,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             frame::encode(KIND_ENTRY, &encode(entry), &mut buffer);
             records.push((start, buffer.len() - start, entry.log_id));
         }
+        if self.injected_failure() {
+            return Err(io_error(
+                ErrorVerb::Write,
+                "injected failure: this log segment is on a bad region",
+            ));
+        }
         let wal = &self.inner.wal;
         if wal.active_len() > 0 && wal.active_len() + buffer.len() as u64 > WAL_SEGMENT_BYTES_TARGET
         {
@@ -434,11 +553,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Durable before acknowledged; the callback runs exactly once.
         let inner = self.inner.clone();
         tokio::task::spawn_blocking(move || {
+            let started = std::time::Instant::now();
             let result = inner
                 .fence
                 .check()
                 .map_err(std::io::Error::other)
                 .and_then(|()| inner.wal.sync().map_err(std::io::Error::other));
+            inner.fsync.lock().record(started.elapsed(), &result);
             if let Err(error) = &result {
                 tracing::error!(%error, "Raft log flush failed; this node stops acknowledging");
             }

@@ -42,11 +42,13 @@ pub(crate) struct Inner {
     pub proposer: Proposer,
     pub reads: ReadBarrier,
     pub fetcher: Fetcher,
+    pub scrubber: crate::scrub::Scrubber,
     pub routing: Routing,
     pub contacts: Contacts,
     pub http: reqwest::Client,
     pub started: Instant,
     pub primary: crate::primary::PrimaryState,
+    pub health: crate::health::Health,
     pub faults: crate::faults::Faults,
     pub disk: crate::disk::Disk,
     /// Milliseconds since `started` when the leader last sent entries or a heartbeat.
@@ -81,7 +83,16 @@ impl Node {
     /// [`crate::server::serve`]). Refuses to start when the directory has
     /// no valid membership identity for its store.
     pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
-        let faults = crate::faults::Faults::from_env();
+        Node::start_with(config, crate::health::HealthCarry::default()).await
+    }
+
+    /// [`Node::start`], continuing the health monitor's ladder of an
+    /// earlier incarnation (an in-process restart, see [`crate::daemon`]).
+    pub async fn start_with(
+        config: NodeConfig,
+        carry: crate::health::HealthCarry,
+    ) -> anyhow::Result<Node> {
+        let faults = crate::faults::Faults::for_node(&config.data_dir);
         let options = StoreOptions {
             deterministic_revisions: true,
             space_limit: faults.space_limit(),
@@ -112,6 +123,7 @@ impl Node {
             &config.data_dir.join("raft"),
             &config.data_dir.join(keel_store::datadir::STAGING_DIR),
             fence.clone(),
+            faults.clone(),
         )?;
         if let Some(limit) = faults.space_limit() {
             log.set_space_limit(limit);
@@ -128,6 +140,7 @@ impl Node {
         });
         let sm = StateMachine::new(store.clone())?;
         config.primary.validate()?;
+        config.health.validate()?;
         let disk = crate::disk::Disk::new(
             identity.node_id,
             &config.data_dir,
@@ -160,17 +173,22 @@ impl Node {
             faults: faults.clone(),
             disk: disk.clone(),
         };
+        let fetcher = Fetcher::new(
+            store.clone(),
+            http.clone(),
+            identity.cluster_id.clone(),
+            faults.clone(),
+        );
+        let scrubber =
+            crate::scrub::Scrubber::new(store.clone(), fetcher.clone(), config.scrub.clone());
         let node = Node {
             inner: Arc::new(Inner {
                 proposer: Proposer::start(routing.clone()),
                 reads: ReadBarrier::start(routing.clone()),
-                fetcher: Fetcher::new(
-                    store.clone(),
-                    http.clone(),
-                    identity.cluster_id.clone(),
-                    faults.clone(),
-                ),
+                fetcher,
+                scrubber,
                 primary: crate::primary::PrimaryState::new(config.primary.clone()),
+                health: crate::health::Health::new(carry),
                 faults,
                 disk,
                 routing,
@@ -193,7 +211,12 @@ impl Node {
         node.bootstrap_if_founder().await?;
         node.spawn_background_tasks();
         node.spawn_primary_tasks();
+        node.spawn_health_monitor();
         node.spawn_disk_monitor();
+        let peers_of = node.clone();
+        node.inner
+            .scrubber
+            .spawn(move || peers_of.peer_urls(), node.shutdown_signal());
         Ok(node)
     }
 
@@ -356,7 +379,18 @@ impl Node {
 
     /// Waits until a local read is linearizable.
     pub async fn read_barrier(&self) -> Result<(), crate::proposer::ProposeError> {
+        if let Some(reason) = self.fenced_by_health() {
+            return Err(crate::proposer::ProposeError::Isolated {
+                node: self.id(),
+                reason,
+            });
+        }
         self.inner.reads.wait().await
+    }
+
+    /// Test-only: makes the current Raft log segment fail every append.
+    pub fn inject_bad_log_segment(&self) -> anyhow::Result<()> {
+        self.inner.log.inject_bad_segment()
     }
 
     /// Test-only fault switches (see [`crate::faults`]).
@@ -364,8 +398,24 @@ impl Node {
         &self.inner.faults
     }
 
+    /// A read index for a follower's linearizable read (leader only).
+    pub async fn read_index_for_follower(
+        &self,
+    ) -> Result<Option<u64>, crate::proposer::ProposeError> {
+        self.inner.reads.read_index_for_follower().await
+    }
+
     pub fn fetcher(&self) -> &Fetcher {
         &self.inner.fetcher
+    }
+
+    /// The background scrub and read repair (see [`crate::scrub`]).
+    pub fn scrubber(&self) -> &crate::scrub::Scrubber {
+        &self.inner.scrubber
+    }
+
+    pub fn scrub_status(&self) -> crate::scrub::ScrubStatus {
+        self.inner.scrubber.status()
     }
 
     pub fn state_machine(&self) -> &StateMachine {
@@ -559,11 +609,30 @@ impl Node {
         }
     }
 
-    async fn fetch_status(&self, addr: &str) -> Result<NodeStatus, String> {
+    pub(crate) async fn fetch_status(&self, addr: &str) -> Result<NodeStatus, String> {
+        self.fetch_json(addr, "/v1/status").await
+    }
+
+    pub(crate) async fn fetch_diagnostics(
+        &self,
+        addr: &str,
+    ) -> Result<crate::health::diag::NodeDiagnostics, String> {
+        self.fetch_json(addr, "/v1/diagnostics?local=true").await
+    }
+
+    /// Asks a peer's client API (a short timeout: for status pages).
+    async fn fetch_json<T: serde::de::DeserializeOwned>(
+        &self,
+        addr: &str,
+        path: &str,
+    ) -> Result<T, String> {
+        if self.inner.faults.isolated() {
+            return Err("cut off by fault injection".into());
+        }
         let response = self
             .inner
             .http
-            .get(format!("{}/v1/status", addr.trim_end_matches('/')))
+            .get(format!("{}{path}", addr.trim_end_matches('/')))
             .timeout(STATUS_TIMEOUT)
             .send()
             .await

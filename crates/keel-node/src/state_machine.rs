@@ -33,8 +33,12 @@ use crate::watch::EventHub;
 
 /// Operations applied between two (unsynced) flushes of the store, at most.
 pub const FLUSH_OPS_MAX: u64 = 20_000;
-/// Time between two flushes of a busy store, at most.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// Time between two flushes of a busy store, at most. A flush rewrites
+/// every directory node changed since the last one; under random writes a
+/// longer interval lets more of them share a node (the cluster benchmark's
+/// write throughput and p99 both improved from 500 ms to 2 s). It costs
+/// nothing in durability: unflushed entries are in the Raft log.
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(2);
 /// Where the cluster keeps its own keys; clients may not read or write there.
 pub const RESERVED_PREFIX: &str = ".keel";
 const NEXT_NODE_ID_KEY: &str = ".keel/cluster/next-node-id";

@@ -25,6 +25,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Dis
             &dir.path().join("raft"),
             &dir.path().join("staging"),
             Fence::disabled(),
+            keel_node::faults::Faults::default(),
         )
         .unwrap();
         let sm = StateMachine::new(store).unwrap();

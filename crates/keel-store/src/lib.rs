@@ -39,8 +39,8 @@ pub mod txn;
 pub use checkpoint::{Checkpoint, Retention};
 pub use error::{Result, StoreError};
 pub use hash::Hash;
-pub use space::SpaceLimit;
 pub use object::{Entry, EntryValue};
+pub use space::SpaceLimit;
 pub use store::{
     ChangeEvent, ChangeKind, Durability, GcHold, GcReport, ItemKind, ListItem, RecoveryReport,
     Snapshot, Store, StoreOptions, StoreStats, StoredValueOrInline,

@@ -509,7 +509,17 @@ impl Store {
         } else {
             writer.revision.max(writer.max_revision) + 1
         };
-        let mut work = writer.root.clone();
+        // A transaction works on its own view so that it is all or nothing.
+        // A lone put needs no copy: when it fails it has changed nothing
+        // visible (at most made private copies of nodes on its path), so
+        // the writer's root is taken and edited in place, and the nodes
+        // earlier transactions of this batch made stay private for it.
+        let lone_put = matches!(&txn.ops[..], [Op::Put { .. } | Op::PutStored { .. }]);
+        let mut work = if lone_put {
+            std::mem::replace(&mut writer.root, Link::empty_dir())
+        } else {
+            writer.root.clone()
+        };
         let mut changed = false;
         let mut deleted = 0;
         for op in &txn.ops {
@@ -518,15 +528,23 @@ impl Store {
                     changed |= op_changed;
                     deleted += op_deleted;
                 }
-                Err(error) if error.is_deterministic() => {
-                    return Ok(TxnOutcome::Rejected {
-                        reason: error.to_string(),
-                    });
+                Err(error) => {
+                    if lone_put {
+                        writer.root = work;
+                    }
+                    if error.is_deterministic() {
+                        return Ok(TxnOutcome::Rejected {
+                            reason: error.to_string(),
+                        });
+                    }
+                    return Err(error);
                 }
-                Err(error) => return Err(error),
             }
         }
         if !changed {
+            if lone_put {
+                writer.root = work;
+            }
             return Ok(TxnOutcome::Applied {
                 revision: writer.revision,
                 changed: false,
@@ -700,14 +718,19 @@ impl Store {
     }
 
     /// Durably records the current state as a new checkpoint. Returns the
-    /// newest checkpoint unchanged when it already holds this state.
+    /// newest checkpoint unchanged when it already holds this state, meta
+    /// included (a replica's meta names the Raft position it covers, which
+    /// can move while the data does not).
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         self.check_writable()?;
         let mut writer = self.inner.writer.lock();
         let commit = self.flush_locked(&mut writer, Durability::Sync, None)?;
         let mut checkpoints = self.inner.checkpoints.lock();
         if let Some(newest) = checkpoints.newest() {
-            if newest.root == commit.root && newest.revision == commit.revision {
+            if newest.root == commit.root
+                && newest.revision == commit.revision
+                && newest.meta == commit.meta
+            {
                 return Ok(newest.clone());
             }
         }

@@ -507,6 +507,73 @@ fn entry_in_place<'a>(link: &'a mut Link, name: &str) -> Option<&'a mut Entry> {
     }
 }
 
+/// Replaces a node that is flushed or shared by a private copy of it (same
+/// items, no hash yet), so that it can be edited in place; a private node
+/// stays as it is.
+fn make_private<'a>(objects: &Objects, link: &'a mut Link) -> Result<&'a mut Node> {
+    if private_node(link).is_none() {
+        let copy = objects.resolve(link)?.node.clone();
+        *link = Link::Loaded(Arc::new(NodeCell::new(copy)));
+    }
+    Ok(private_node(link).expect("a node just copied is private"))
+}
+
+/// Whether the directory rooted at `root` has an entry `name`.
+fn dir_contains(objects: &Objects, root: &Link, name: &str) -> Result<bool> {
+    let key = NameKey::new(name);
+    let mut cell = objects.resolve(root)?;
+    loop {
+        let next = match &cell.node {
+            Node::Leaf(leaf) => {
+                return Ok(leaf
+                    .entries
+                    .binary_search_by(|e| e.name.cmp_key(&key))
+                    .is_ok())
+            }
+            Node::Branch(branch) => match child_for_key(&branch.children, &key) {
+                Some(i) => objects.resolve(&branch.children[i].link)?,
+                None => return Ok(false),
+            },
+        };
+        cell = next;
+    }
+}
+
+/// The existing entry `name`, with every node on its path made private
+/// (path copying: each flushed or shared node on the way is copied once).
+/// Editing the entry's value or revision then changes only this tree, and
+/// keeps its shape canonical: boundaries depend on names and counts alone,
+/// and neither changes. `None`, with nothing copied, when `name` is absent.
+///
+/// This is the cheap path for the commonest write, an overwrite: it copies
+/// O(depth) nodes where a rebuild (`update`) streams every item of them.
+fn existing_entry_copied<'a>(
+    objects: &Objects,
+    link: &'a mut Link,
+    name: &str,
+) -> Result<Option<&'a mut Entry>> {
+    if !dir_contains(objects, link, name)? {
+        return Ok(None);
+    }
+    let mut link = link;
+    loop {
+        match make_private(objects, link)? {
+            Node::Leaf(leaf) => {
+                let i = leaf
+                    .entries
+                    .binary_search_by(|e| e.name.as_str().cmp(name))
+                    .expect("dir_contains found the name on this path");
+                return Ok(Some(&mut leaf.entries[i]));
+            }
+            Node::Branch(branch) => {
+                let i = child_for(&branch.children, name)
+                    .expect("dir_contains found the name on this path");
+                link = &mut branch.children[i].link;
+            }
+        }
+    }
+}
+
 /// Inserts a new entry in place when that moves no boundary; gives the
 /// entry back otherwise. The caller knows the name is absent.
 fn insert_in_place(link: &mut Link, entry: Entry) -> Option<Entry> {
@@ -601,7 +668,7 @@ fn put_at(
 ) -> Result<Option<Entry>> {
     let name = names[at];
     let last = at + 1 == names.len();
-    if let Some(existing) = entry_in_place(dir, name) {
+    if let Some(existing) = existing_entry_copied(objects, dir, name)? {
         if last {
             if existing.value.is_dir() && !value.is_dir() {
                 return Err(StoreError::IsADirectory {
@@ -1226,6 +1293,46 @@ mod tests {
                 .collect();
             run(&names, &ops);
         }
+    }
+
+    #[test]
+    fn an_overwrite_copies_shared_nodes_and_leaves_older_roots_alone() {
+        let (_dir, objects) = objects();
+        let mut root = Link::empty_dir();
+        for i in 0..3000 {
+            let name = format!("k{i:05}");
+            put_path(&objects, &mut root, &["dir", &name], value(), 1).unwrap();
+        }
+        // Half the nodes hashed (shared with the pack's view), and a reader
+        // holding the in-memory root: nothing on the path is private.
+        let mut batch = PackBatch::new();
+        flush(&objects, &root, &mut batch);
+        objects.pack.write(batch, None, false).unwrap();
+        put_path(&objects, &mut root, &["dir", "k00007"], value(), 2).unwrap();
+        let reader = root.clone();
+        let new = EntryValue::Inline(Bytes::from_static(b"new"));
+        for name in ["k00042", "k02999", "k00042"] {
+            let replaced = put_path(&objects, &mut root, &["dir", name], new.clone(), 3).unwrap();
+            assert!(replaced.is_some(), "{name} existed");
+        }
+        let at =
+            |root: &Link, name: &str| get_path(&objects, root, &["dir", name]).unwrap().unwrap();
+        let bytes_of = |entry: Entry| match entry.value {
+            EntryValue::Inline(bytes) => bytes,
+            _ => panic!("{} is not inline", entry.name),
+        };
+        assert_eq!(bytes_of(at(&reader, "k00042")), "v");
+        assert_eq!(at(&reader, "k00042").revision, 1);
+        assert_eq!(bytes_of(at(&root, "k00042")), "new");
+        assert_eq!(at(&root, "k00042").revision, 3);
+        assert_eq!(bytes_of(at(&root, "k02999")), "new");
+        assert_eq!(at(&root, "k00007").revision, 2);
+        let entry = get_path(&objects, &root, &["dir"]).unwrap().unwrap();
+        let EntryValue::Dir { root: dir, count } = entry.value else {
+            panic!("dir is a directory")
+        };
+        assert_eq!(count, 3000);
+        check_canonical(&objects, &dir).unwrap().unwrap();
     }
 
     #[test]

@@ -351,6 +351,30 @@ fn revisions_are_never_reused_after_a_reset() {
 }
 
 #[test]
+fn a_checkpoint_is_taken_when_only_the_meta_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = new_store(dir.path());
+    put(&store, "k", b"v");
+    store
+        .flush(keel_store::Durability::Sync, Some(b"at 1".to_vec()))
+        .unwrap();
+    let first = store.checkpoint().unwrap();
+    assert_eq!(
+        store.checkpoint().unwrap().sequence,
+        first.sequence,
+        "nothing moved"
+    );
+    // Same data, a new position (a replica applied entries that changed nothing).
+    store
+        .flush(keel_store::Durability::Sync, Some(b"at 2".to_vec()))
+        .unwrap();
+    let second = store.checkpoint().unwrap();
+    assert_eq!((second.root, second.revision), (first.root, first.revision));
+    assert!(second.sequence > first.sequence);
+    assert_eq!(store.checkpoints().last().unwrap().meta, b"at 2");
+}
+
+#[test]
 fn applied_state_is_readable_before_flush_and_lost_without_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = new_store(dir.path());

@@ -35,6 +35,12 @@ pub struct ServeArgs {
     /// A node not heard from this long is dead for primary election (default 4s).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub primary_dead_after: Option<std::time::Duration>,
+    /// Bytes per second the background scrub re-hashes, at most (0 disables it; default 8 MiB/s).
+    #[arg(long, value_name = "BYTES_PER_SEC")]
+    pub scrub_rate: Option<u64>,
+    /// Rest between two scrub passes (default 60s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub scrub_pause: Option<std::time::Duration>,
     /// Refuse client writes with less than this free on the data directory's
     /// file system, e.g. 128MiB (the default).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -86,44 +92,75 @@ impl ServeArgs {
         if let Some(bytes) = self.disk_reserve {
             config.disk.reserve_bytes = bytes;
         }
+        if let Some(rate) = self.scrub_rate {
+            config.scrub.rate_bytes_per_sec = rate;
+        }
+        if let Some(pause) = self.scrub_pause {
+            config.scrub.pause_between_passes_ms = pause.as_millis() as u64;
+        }
         Ok(config)
     }
 }
 
-/// Runs a node until SIGTERM or SIGINT, then shuts down gracefully.
+/// Runs a node until SIGTERM or SIGINT, then shuts down gracefully. When
+/// the node's health monitor asks for a restart (a nudge or a rebuild), the
+/// process re-executes itself (see `keel_node::daemon`).
 pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
+    use keel_node::daemon;
     let config = args.config()?;
-    block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|e| CliError::usage(format!("cannot listen on {}: {e}", config.listen)))?;
-        let node = Node::start(config.clone())
-            .await
-            .map_err(|e| CliError::usage(format!("{e:#}")))?;
-        tracing::info!(node = node.id(), listen = %config.listen, advertise = %config.advertise_url(), "serving");
-        eprintln!(
-            "keel: node {} of cluster {} serving at {}",
-            node.id(),
-            node.cluster_id(),
-            config.advertise_url()
-        );
-        let server = tokio::spawn(keel_node::server::serve_on(node.clone(), listener));
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = terminate.recv() => {}
-            result = server => {
-                return match result {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(error)) => Err(error),
-                    Err(error) => Err(error.into()),
-                };
+    let listener = daemon::listener(&config).map_err(|e| CliError::usage(format!("{e:#}")))?;
+    let carry = daemon::carried_health();
+    let restarted = std::env::var_os(daemon::HEALTH_STATE_ENV).is_some();
+    let outcome = block_on(async {
+        let stop = async {
+            let terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+            match terminate {
+                Ok(mut terminate) => {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = terminate.recv() => {}
+                    }
+                }
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
+        };
+        let announce = |node: &Node| {
+            tracing::info!(node = node.id(), listen = %config.listen, advertise = %config.advertise_url(), restarted, "serving");
+            if !restarted {
+                eprintln!(
+                    "keel: node {} of cluster {} serving at {}",
+                    node.id(),
+                    node.cluster_id(),
+                    config.advertise_url()
+                );
+            }
+        };
+        daemon::run(config.clone(), &listener, carry.clone(), stop, announce)
+            .await
+            .map_err(|e| CliError::usage(format!("{e:#}")))
+    })?;
+    match outcome {
+        daemon::Outcome::Stopped => {
+            eprintln!("keel: node stopped");
+            Ok(())
         }
-        eprintln!("keel: shutting down node {}", node.id());
-        node.shutdown().await
-    })
+        daemon::Outcome::Restart(kind) => {
+            use std::os::unix::process::CommandExt;
+            tracing::warn!(?kind, "restarting this node (re-exec)");
+            let env = daemon::restart_env(&listener, &carry)?;
+            // The running image, even if its file was replaced since (an upgrade).
+            let error = std::process::Command::new("/proc/self/exe")
+                .args(std::env::args_os().skip(1))
+                .envs(env)
+                .exec();
+            Err(CliError::failed(format!(
+                "cannot restart the node (re-exec of /proc/self/exe): {error}; start it again"
+            )))
+        }
+    }
 }
 
 #[derive(Args, Debug)]

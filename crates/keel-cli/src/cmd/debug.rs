@@ -18,6 +18,9 @@ pub enum DebugCommand {
     /// Cut a running node off from its peers, or reconnect it (`--off`); the
     /// node must have been started with KEEL_FAULT_INJECTION=1.
     Isolate(IsolateArgs),
+    /// Make a running node's current Raft log segment fail every append (a
+    /// bad disk region; needs KEEL_FAULT_INJECTION=1 on the node).
+    FailLog(super::cluster::EndpointArg),
 }
 
 #[derive(Args, Debug)]
@@ -183,6 +186,11 @@ pub fn run(command: &DebugCommand) -> anyhow::Result<()> {
         DebugCommand::Isolate(args) => {
             let client = keel_node::client::Client::new(&args.target.endpoint);
             super::block_on(client.isolate(!args.off))?;
+            Ok(())
+        }
+        DebugCommand::FailLog(args) => {
+            let client = keel_node::client::Client::new(&args.endpoint);
+            super::block_on(client.fail_log())?;
             Ok(())
         }
     }

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod cluster;
 pub mod debug;
 pub mod demo;
+pub mod diag;
 pub mod dump;
 pub mod fsck;
 pub mod gc;

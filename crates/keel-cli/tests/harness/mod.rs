@@ -2,6 +2,8 @@
 //! processes that tests kill (SIGKILL), restart, damage and wipe.
 #![allow(dead_code)]
 
+pub mod workload;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -377,4 +379,12 @@ pub fn seed(test: &str) -> u64 {
         .unwrap_or_else(rand::random);
     println!("{test} seed: {seed} (replay with KEEL_TEST_SEED={seed})");
     seed
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }

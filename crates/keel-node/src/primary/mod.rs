@@ -338,6 +338,10 @@ impl Node {
         if let Err(reason) = self.inner.fence.check() {
             return not_primary(0, reason);
         }
+        if let Some(reason) = self.fenced_by_health() {
+            let term = self.state_machine().group(group).1.term;
+            return not_primary(term, format!("fenced: {reason}"));
+        }
         let started = Instant::now();
         let confirmed = match self.read_barrier().await {
             Ok(()) => {

@@ -6,12 +6,16 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::StreamExt;
-use keel_store::{ChangeEvent, ChangeKind, Compare, EntryValue, Op, Snapshot, Txn, TxnOutcome};
+use keel_store::object::INLINE_VALUE_BYTES_MAX;
+use keel_store::{
+    ChangeEvent, ChangeKind, Compare, Entry, Op, Snapshot, StoreError, Txn, TxnOutcome,
+};
 use serde::Deserialize;
 
 use super::ApiError;
 use crate::api::{JsonValue, KeyValue, ListEntry, TxnRequest, WriteResult};
 use crate::node::Node;
+use crate::scrub::{ReadError, ScrubStatus};
 use crate::state_machine::RESERVED_PREFIX;
 
 /// Header: revision of the last change to the key read.
@@ -55,6 +59,34 @@ async fn view(node: &Node, query: &ReadQuery) -> Result<Snapshot, ApiError> {
     Ok(node.store().snapshot())
 }
 
+/// Runs a read of this node's store, repairing from peers any damaged blob
+/// it meets (see `scrub`); damage that cannot be repaired is
+/// `500 data_damaged`, naming the key and the blob.
+async fn read_repairing<T, F>(node: &Node, key: &str, read: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: Fn() -> Result<T, StoreError> + Send + Sync + 'static,
+{
+    let peers = node.peer_urls();
+    match node.scrubber().read_repairing(&peers, key, read).await {
+        Ok(value) => Ok(value),
+        Err(ReadError::Store(error)) => Err(error.into()),
+        Err(ReadError::Failed(reason)) => Err(ApiError::internal(reason)),
+        Err(ReadError::Damaged {
+            blob,
+            damage,
+            reason,
+        }) => Err(ApiError::data_damaged(format!(
+            "{}: cannot be read on node {}: blob {blob} is {} here, and {reason}. No damaged bytes are \
+             served. GET /v1/scrub lists every affected key; on the stopped node, \
+             `keel fsck --data-dir DIR --repair` moves it to lost+found/",
+            if key.is_empty() { "/" } else { key },
+            node.id(),
+            damage.describe(),
+        ))),
+    }
+}
+
 pub async fn get(
     State(node): State<Node>,
     Path(key): Path<String>,
@@ -62,8 +94,20 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     check_user_key(&key)?;
     let view = view(&node, &query).await?;
-    let entry = view
-        .get(&key)?
+    let (reader, read_key) = (view.clone(), key.clone());
+    let read = move || -> Result<Option<(Entry, Bytes)>, StoreError> {
+        let Some(entry) = reader.get(&read_key)? else {
+            return Ok(None);
+        };
+        let value = if entry.value.is_dir() {
+            Bytes::new()
+        } else {
+            reader.read(&entry.value)?
+        };
+        Ok(Some((entry, value)))
+    };
+    let (entry, value) = read_repairing(&node, &key, read)
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("key not found: {key}")))?;
     if entry.value.is_dir() {
         return Err(ApiError::new(
@@ -72,15 +116,6 @@ pub async fn get(
             format!("{key} is a directory; list it with GET /v1/ls/{key}"),
         ));
     }
-    let value = match &entry.value {
-        EntryValue::Inline(bytes) => bytes.clone(),
-        other => {
-            let (view, other) = (view.clone(), other.clone());
-            tokio::task::spawn_blocking(move || view.read(&other))
-                .await
-                .map_err(|e| ApiError::internal(e.to_string()))??
-        }
-    };
     if query.json {
         return Ok(Json(KeyValue {
             key,
@@ -159,12 +194,21 @@ pub async fn put(
     body: Bytes,
 ) -> Result<Json<WriteResult>, ApiError> {
     check_user_key(&key)?;
+    // A small body is a slice of the connection's read buffer; the store and
+    // the watch history keep the value for a long time, and holding the
+    // slice would keep that whole buffer alive with it (in the cluster
+    // benchmark, the leader's memory doubled). Such values get their own copy.
+    let value = if body.len() <= INLINE_VALUE_BYTES_MAX {
+        Bytes::copy_from_slice(&body)
+    } else {
+        body
+    };
     let txn = guarded(
         &key,
         &query,
         Op::Put {
             key: key.clone(),
-            value: body,
+            value,
         },
     );
     write_answer(node.proposer().propose(txn).await?, &key)
@@ -216,25 +260,23 @@ async fn list_at(
 ) -> Result<Json<Vec<ListEntry>>, ApiError> {
     let view = view(&node, &query).await?;
     let recursive = query.recursive;
-    let items =
-        tokio::task::spawn_blocking(move || -> Result<Vec<keel_store::ListItem>, ApiError> {
-            if view.is_dir(&prefix)? {
-                return Ok(view.list(&prefix, recursive)?);
-            }
-            match view.get(&prefix)? {
-                Some(entry) => Ok(vec![keel_store::ListItem {
-                    key: prefix.trim_start_matches('/').to_string(),
-                    kind: keel_store::ItemKind::Value,
-                    size: entry.value.size().unwrap_or(0),
-                    revision: entry.revision,
-                }]),
-                None => Err(ApiError::not_found(format!(
-                    "no such key or directory: {prefix}"
-                ))),
-            }
-        })
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
+    let listed = prefix.clone();
+    let read = move || -> Result<Option<Vec<keel_store::ListItem>>, StoreError> {
+        if view.is_dir(&listed)? {
+            return Ok(Some(view.list(&listed, recursive)?));
+        }
+        Ok(view.get(&listed)?.map(|entry| {
+            vec![keel_store::ListItem {
+                key: listed.trim_start_matches('/').to_string(),
+                kind: keel_store::ItemKind::Value,
+                size: entry.value.size().unwrap_or(0),
+                revision: entry.revision,
+            }]
+        }))
+    };
+    let items = read_repairing(&node, &prefix, read)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no such key or directory: {prefix}")))?;
     let reserved = format!("{RESERVED_PREFIX}/");
     Ok(Json(
         items
@@ -347,6 +389,11 @@ pub async fn watch(
         .map(|chunk| chunk.map(Bytes::from));
     let body = Body::from_stream(futures::stream::iter(first).chain(stream));
     Ok(([("content-type", "application/x-ndjson")], body).into_response())
+}
+
+/// `GET /v1/scrub`: the background scrub's progress, repairs and critical blobs.
+pub async fn scrub(State(node): State<Node>) -> Json<ScrubStatus> {
+    Json(node.scrub_status())
 }
 
 pub async fn checkpoints(State(node): State<Node>) -> Json<Vec<keel_store::Checkpoint>> {

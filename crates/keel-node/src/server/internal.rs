@@ -6,15 +6,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keel_store::{Hash, Txn, TxnOutcome};
-use openraft::error::{ClientWriteError, RaftError};
 use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
 
 use crate::network::{CLUSTER_HEADER, NODE_HEADER};
 use crate::node::Node;
-use crate::proposer::{batch_disk_bytes, ProposeError};
-use crate::types::{
-    decode, encode, NodeId, Request, Response as RaftResponse, SnapshotManifest, TypeConfig,
-};
+use crate::types::{decode, encode, NodeId, SnapshotManifest, TypeConfig};
 
 /// How long a snapshot request waits for its blobs before answering "not ready".
 const SNAPSHOT_FETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
@@ -90,6 +86,14 @@ pub async fn disk_limit(
             (StatusCode::OK, "ok").into_response()
         }
         Err(message) => refuse(StatusCode::FORBIDDEN, message),
+    }
+}
+
+/// Test-only: the current Raft log segment goes bad (appends to it fail).
+pub async fn fail_log(State(node): State<Node>) -> Response {
+    match node.inject_bad_log_segment() {
+        Ok(()) => (StatusCode::OK, "ok").into_response(),
+        Err(error) => refuse(StatusCode::FORBIDDEN, format!("{error:#}")),
     }
 }
 
@@ -200,49 +204,28 @@ pub async fn blobs(State(node): State<Node>, headers: HeaderMap, body: Bytes) ->
     }
 }
 
-/// A batch forwarded by a follower; committed here only if this node leads
-/// (never forwarded again, so a stale view cannot make a loop).
+/// A batch forwarded by a follower: committed here, with this node's own
+/// writes, only if this node leads (never forwarded again, so a stale view
+/// cannot make a loop).
 pub async fn propose(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> Response {
     let txns: Vec<Txn> = match accept(&node, &headers, &body) {
         Ok(txns) => txns,
         Err(response) => return response,
     };
-    if let Err(message) = node.disk().admit(batch_disk_bytes(&txns)) {
-        return binary(encode(&Err::<Vec<TxnOutcome>, _>(ProposeError::DiskFull(
-            message,
-        ))));
-    }
-    let write = tokio::time::timeout(
-        crate::proposer::WRITE_TIMEOUT,
-        node.raft().client_write(Request::Txns(txns)),
-    );
-    let answer: Result<Vec<TxnOutcome>, ProposeError> = match write.await {
-        Err(_) => Err(ProposeError::Timeout(crate::proposer::WRITE_TIMEOUT)),
-        Ok(Ok(response)) => match response.data {
-            RaftResponse::Txns(outcomes) => Ok(outcomes),
-            other => Err(ProposeError::Stopped(format!(
-                "unexpected response {other:?}"
-            ))),
-        },
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-            Err(ProposeError::Stopped(format!(
-                "this node no longer leads (leader: {:?})",
-                forward.leader_id
-            )))
-        }
-        Ok(Err(error)) => Err(ProposeError::Stopped(error.to_string())),
-    };
+    let answer: Result<Vec<TxnOutcome>, crate::proposer::ProposeError> =
+        node.proposer().propose_forwarded(txns).await;
     binary(encode(&answer))
 }
 
-/// The leader's read index, for a follower serving a linearizable read.
+/// The leader's read index, for a follower serving a linearizable read
+/// (from the leader's shared read-index rounds; only if this node leads).
 pub async fn read_index(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(response) = accept::<()>(&node, &headers, &body) {
         return response;
     }
-    let answer: Result<Option<u64>, String> = match node.raft().get_read_log_id().await {
-        Ok((read_log_id, _)) => Ok(read_log_id.map(|l| l.index)),
-        Err(error) => Err(error.to_string()),
-    };
+    let answer: Result<Option<u64>, String> = node
+        .read_index_for_follower()
+        .await
+        .map_err(|e| e.to_string());
     binary(encode(&answer))
 }

@@ -4,6 +4,7 @@
 
 mod client;
 mod cluster;
+mod health;
 mod internal;
 mod primary;
 
@@ -39,6 +40,8 @@ pub fn router(node: Node) -> Router {
         .route("/v1/txn", post(client::txn))
         .route("/v1/watch", get(client::watch))
         .route("/v1/checkpoints", get(client::checkpoints))
+        .route("/v1/diagnostics", get(health::diagnostics))
+        .route("/v1/scrub", get(client::scrub))
         .route("/v1/primary", get(primary::list))
         .route("/v1/primary/{group}", get(primary::status))
         .route("/v1/primary/{group}/history", get(primary::history))
@@ -51,6 +54,7 @@ pub fn router(node: Node) -> Router {
         .route(crate::primary::PATH_HEARTBEAT, post(internal::heartbeat))
         .route("/internal/debug/isolate", post(internal::isolate))
         .route("/internal/debug/disk-limit", post(internal::disk_limit))
+        .route("/internal/debug/fail-log", post(internal::fail_log))
         .route(crate::network::PATH_APPEND, post(internal::append))
         .route(crate::network::PATH_VOTE, post(internal::vote))
         .route(crate::network::PATH_SNAPSHOT, post(internal::snapshot))
@@ -114,6 +118,12 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
+
+    /// Data this node holds is damaged and could not be repaired from a
+    /// peer: the request cannot be served without serving bad bytes.
+    pub fn data_damaged(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "data_damaged", message)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -147,6 +157,7 @@ impl From<keel_store::StoreError> for ApiError {
                 "disk_full",
                 error.to_string(),
             ),
+            _ if error.is_damage() => ApiError::data_damaged(error.to_string()),
             _ => ApiError::internal(error.to_string()),
         }
     }
