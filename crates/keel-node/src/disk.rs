@@ -36,6 +36,7 @@
 //!   never removes a staging file younger than [`STAGING_STALE_AFTER`] (a
 //!   fetch writes its file within its 60 s batch timeout).
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
@@ -67,6 +68,9 @@ pub const CHECKPOINTS_KEPT_WHEN_LOW: usize = 2;
 pub const STAGING_STALE_AFTER: Duration = Duration::from_secs(10 * 60);
 /// The smallest hysteresis margin between entering and leaving low-space mode.
 pub const RESUME_MARGIN_BYTES_MIN: u64 = 1024 * 1024;
+/// A peer's report of low disk space counts for this long (a few
+/// heartbeats: a peer that stops reporting is not held against writes).
+pub const PEER_REPORT_FRESH: Duration = Duration::from_secs(5);
 /// The reserve file, in the data directory.
 pub const RESERVE_FILE: &str = "reserve";
 /// Bytes written at once when the file system cannot preallocate.
@@ -152,8 +156,10 @@ struct State {
     measured: Instant,
     low_since_ms: Option<u64>,
     reserve_present: bool,
-    /// An `ENOSPC` the monitor has not acted on yet.
-    enospc_pending: bool,
+    /// An `ENOSPC`, or a refused write, the monitor has not acted on yet:
+    /// either enters low-space mode (so reclaim runs) whatever `statvfs`
+    /// says.
+    enter_low_pending: bool,
     last_enospc: Option<DiskEvent>,
     last_reclaim: Option<Reclaimed>,
     reclaiming: bool,
@@ -166,6 +172,8 @@ struct Inner {
     settings: DiskSettings,
     faults: Faults,
     state: Mutex<State>,
+    /// What peers last said of their disks (primary heartbeats), and when.
+    peers_low: Mutex<HashMap<NodeId, (bool, Instant)>>,
     wake: Notify,
 }
 
@@ -215,12 +223,13 @@ impl Disk {
                     measured: Instant::now(),
                     low_since_ms: None,
                     reserve_present,
-                    enospc_pending: false,
+                    enter_low_pending: false,
                     last_enospc: None,
                     last_reclaim: None,
                     reclaiming: false,
                     reclaim_due: None,
                 }),
+                peers_low: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
             }),
         }
@@ -268,7 +277,10 @@ impl Disk {
             return Ok(());
         }
         if !low {
-            // Enter low-space mode (and release the reserve) now, not at the next tick.
+            // Enter low-space mode (release the reserve, reclaim) now, not
+            // at the next tick: a write refused for space is low space even
+            // with a little more than the watermark free.
+            state.enter_low_pending = true;
             self.inner.wake.notify_one();
         }
         Err(format!(
@@ -277,6 +289,42 @@ impl Disk {
             human(state.space.free),
             self.inner.dir.display(),
             human(need),
+        ))
+    }
+
+    /// Records what peer `node` said of its disk.
+    pub fn peer_reported(&self, node: NodeId, low: bool) {
+        self.inner
+            .peers_low
+            .lock()
+            .insert(node, (low, Instant::now()));
+    }
+
+    /// [`Disk::admit`] on the leader: also refuses when so many `voters`
+    /// are low on space (as they said within [`PEER_REPORT_FRESH`]) that the
+    /// rest are no majority, since the entry could not commit.
+    pub fn admit_cluster(&self, bytes: u64, voters: &[NodeId]) -> Result<(), String> {
+        self.admit(bytes)?;
+        let low: Vec<NodeId> = {
+            let peers = self.inner.peers_low.lock();
+            voters
+                .iter()
+                .copied()
+                .filter(|id| {
+                    peers
+                        .get(id)
+                        .is_some_and(|(low, at)| *low && at.elapsed() < PEER_REPORT_FRESH)
+                })
+                .collect()
+        };
+        if voters.len() - low.len() > voters.len() / 2 {
+            return Ok(());
+        }
+        let names: Vec<String> = low.iter().map(|id| id.to_string()).collect();
+        Err(format!(
+            "disk full on node {}: a majority of voters cannot store new entries; \
+             writes resume by themselves when space is freed",
+            names.join(", node ")
         ))
     }
 
@@ -292,7 +340,7 @@ impl Disk {
         tracing::warn!(%what, "out of disk space");
         {
             let mut state = self.inner.state.lock();
-            state.enospc_pending = true;
+            state.enter_low_pending = true;
             state.last_enospc = Some(DiskEvent {
                 at_ms: now_ms(),
                 what,
@@ -333,9 +381,9 @@ impl Disk {
         let settings = &self.inner.settings;
         let (entered, release) = {
             let mut state = self.inner.state.lock();
-            let enospc = std::mem::take(&mut state.enospc_pending);
+            let pending = std::mem::take(&mut state.enter_low_pending);
             let entered = state.low_since_ms.is_none()
-                && (space.free < settings.low_watermark_bytes || enospc);
+                && (space.free < settings.low_watermark_bytes || pending);
             if entered {
                 state.low_since_ms = Some(now_ms());
                 state.reclaim_due = Some(Instant::now());

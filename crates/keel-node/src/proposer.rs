@@ -189,8 +189,16 @@ impl Routing {
         &self,
         txns: Vec<Txn>,
     ) -> Result<Vec<TxnOutcome>, Result<Option<NodeInfo>, ProposeError>> {
+        let voters: Vec<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
         self.disk
-            .admit(batch_disk_bytes(&txns))
+            .admit_cluster(batch_disk_bytes(&txns), &voters)
             .map_err(|message| Err(ProposeError::DiskFull(message)))?;
         let write =
             tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(Request::Txns(txns)));
@@ -276,9 +284,26 @@ impl Routing {
         let Some(index) = index else {
             return Ok(());
         };
-        let applied = self.raft.metrics().borrow().last_applied.map(|l| l.index);
+        let (applied, stored) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            (
+                metrics.last_applied.map(|l| l.index),
+                metrics.last_log_index,
+            )
+        };
         if applied >= Some(index) {
             return Ok(());
+        }
+        // A node low on disk space stores no new entries (see `disk`), so
+        // what it lacks will not arrive until space is freed: say so now
+        // rather than time out.
+        if stored < Some(index) && self.disk.is_low() {
+            return Err(ProposeError::DiskFull(format!(
+                "disk full on node {}: it is low on disk space and lacks entries up to {index}, \
+                 so it cannot serve a linearizable read; read from another node or with stale=true",
+                self.node_id
+            )));
         }
         self.raft
             .wait(Some(WRITE_TIMEOUT))

@@ -6,7 +6,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keel_store::{Hash, Txn, TxnOutcome};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 
 use crate::network::{CLUSTER_HEADER, NODE_HEADER};
 use crate::node::Node;
@@ -97,28 +99,38 @@ pub async fn fail_log(State(node): State<Node>) -> Response {
     }
 }
 
-/// Entries are refused (507) while this node is low on disk space; the
-/// leader backs off and retries. The rest of the message is still handled as
-/// a heartbeat (the leader's vote, and its commit index up to what this node
-/// holds), so the node keeps following instead of calling elections. That is
-/// the message the leader would send with no entries, so Raft's rules hold.
+/// How long a node low on disk space holds its answer to entries it did
+/// not store: the leader resends at once, so this paces the retries.
+const DISK_FULL_APPEND_HOLD: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// While this node is low on disk space it stores no entries. It still
+/// handles the rest of the message as a heartbeat (the leader's vote, and
+/// its commit index up to what this node holds) and answers that it matches
+/// the leader up to `prev_log_id`, which is exactly what it just checked
+/// (openraft's `PartialSuccess`). So it keeps following instead of calling
+/// elections, and its answer still confirms the leader for linearizable
+/// reads; the entries wait until space is freed.
 pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> Response {
     let request: AppendEntriesRequest<TypeConfig> = match accept(&node, &headers, &body) {
         Ok(request) => request,
         Err(response) => return response,
     };
     node.leader_contact();
-    if !request.entries.is_empty() {
-        if let Err(message) = node.disk().admit(2 * body.len() as u64) {
-            let heartbeat = AppendEntriesRequest {
-                entries: Vec::new(),
-                ..request
-            };
-            if let Err(error) = node.raft().append_entries(heartbeat).await {
-                tracing::warn!(%error, "heartbeat part of refused entries failed");
+    if !request.entries.is_empty() && node.disk().admit(2 * body.len() as u64).is_err() {
+        let matching = request.prev_log_id;
+        let heartbeat = AppendEntriesRequest {
+            entries: Vec::new(),
+            ..request
+        };
+        let answer = match node.raft().append_entries(heartbeat).await {
+            Ok(AppendEntriesResponse::Success) => {
+                tokio::time::sleep(DISK_FULL_APPEND_HOLD).await;
+                Ok(AppendEntriesResponse::PartialSuccess(matching))
             }
-            return refuse(StatusCode::INSUFFICIENT_STORAGE, message);
-        }
+            // A conflict or a higher vote: the leader must see it as such.
+            other => other,
+        };
+        return binary(encode(&answer));
     }
     binary(encode(&node.raft().append_entries(request).await))
 }
