@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use harness::{eventually, keel, Cluster, READY_TIMEOUT};
 use keel_node::client::{Client, ClientError};
+use keel_node::health::diag::Verdict;
 use keel_node::scrub::{ScrubStatus, Trigger, RECENT_REPAIRS_MAX};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -386,6 +387,18 @@ async fn a_blob_damaged_on_every_node_is_critical_and_its_key_fails_clearly() {
         read_all(&client, &model, others, &member.url()).await;
         let status = client.scrub_status().await.unwrap();
         assert_eq!(status.critical.len(), 1, "{status:#?}");
+        // `keel diag` names it too.
+        let diagnostics = client.node_diagnostics().await.unwrap();
+        let scrub = diagnostics
+            .checks
+            .iter()
+            .find(|c| c.name == "scrub")
+            .expect("a scrub check");
+        assert_eq!(scrub.verdict, Verdict::Critical, "{scrub:#?}");
+        assert!(
+            scrub.summary.contains(&blob) && scrub.summary.contains(&key),
+            "{scrub:#?}"
+        );
     }
     assert_no_panic(&cluster);
 }

@@ -401,6 +401,24 @@ impl Client {
         .await
     }
 
+    /// The node's disk: free space, reserve, low-space mode, reclaim.
+    pub async fn disk_status(&self) -> Result<crate::disk::DiskStatus, ClientError> {
+        self.json(self.http.get(self.url("/v1/disk"))).await
+    }
+
+    /// Makes the node see its data directory on a file system of `limit`
+    /// bytes, or (with `None`) on the real one (fault injection: only on a
+    /// node started with `KEEL_FAULT_INJECTION=1`).
+    pub async fn set_disk_limit(&self, limit: Option<u64>) -> Result<(), ClientError> {
+        self.send(
+            self.http
+                .post(self.url("/internal/debug/disk-limit"))
+                .json(&limit),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Every member's diagnostics (asked of this node).
     pub async fn diagnostics(&self) -> Result<ClusterDiagnostics, ClientError> {
         self.json(self.http.get(self.url("/v1/diagnostics"))).await

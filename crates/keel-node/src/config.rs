@@ -31,11 +31,22 @@
 //! [scrub]
 //! rate_bytes_per_sec = 8388608         # re-hash stored blobs at most this fast; 0 disables
 //! pause_between_passes_ms = 60000      # rest between two passes over the tree
+//!
+//! [disk]
+//! low_watermark_bytes = 134217728      # below 128 MiB free, client writes are refused (507)
+//! reserve_bytes = 67108864             # D/reserve: 64 MiB kept for what cannot be refused (0: none)
 //! ```
 //!
 //! The scrub reads every blob of the current tree and of the newest
 //! checkpoint, and repairs what is missing or corrupt from peers (see
 //! `scrub`). Reads that hit damage repair it at once whatever the rate.
+//!
+//! `[disk]`: with less than `low_watermark_bytes` free in the data
+//! directory's file system, the node refuses client writes and entries from
+//! the leader, releases its reserve (a preallocated file) so that what is
+//! already accepted can still be applied, and reclaims space. It returns to
+//! normal by itself once `low_watermark_bytes + reserve_bytes` plus a quarter
+//! of the watermark are free again. See `disk.rs` and docs/health.md.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -124,6 +135,26 @@ impl PrimarySettings {
     }
 }
 
+/// Disk-space safety: low-space mode and the reserve (see the module doc).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiskSettings {
+    /// Client writes are refused while less than this is free (0: only
+    /// after the disk actually ran full).
+    pub low_watermark_bytes: u64,
+    /// Size of the preallocated `D/reserve` file (0: no reserve).
+    pub reserve_bytes: u64,
+}
+
+impl Default for DiskSettings {
+    fn default() -> DiskSettings {
+        DiskSettings {
+            low_watermark_bytes: 128 * 1024 * 1024,
+            reserve_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
 /// The health monitor's thresholds (see [`crate::health`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -201,6 +232,7 @@ pub struct NodeConfig {
     pub raft: RaftSettings,
     pub membership: MembershipSettings,
     pub primary: PrimarySettings,
+    pub disk: DiskSettings,
     pub health: HealthSettings,
     pub scrub: ScrubSettings,
 }
@@ -214,6 +246,7 @@ impl Default for NodeConfig {
             raft: RaftSettings::default(),
             membership: MembershipSettings::default(),
             primary: PrimarySettings::default(),
+            disk: DiskSettings::default(),
             health: HealthSettings::default(),
             scrub: ScrubSettings::default(),
         }

@@ -13,6 +13,7 @@
 //! - [`proposer`]: batching of writes and of linearizable reads;
 //! - [`network`], [`server`]: Raft over HTTP (binary) and the client API (JSON);
 //! - [`node`]: everything assembled, membership and status;
+//! - [`disk`]: free space, the reserve, low-space mode and reclaim;
 //! - [`primary`]: primary election per group;
 //! - [`health`]: signals, diagnostics and the escalation ladder;
 //! - [`daemon`]: runs a node and restarts it in-process when its health asks;
@@ -29,6 +30,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod disk;
 pub mod faults;
 pub mod fence;
 pub mod fetch;

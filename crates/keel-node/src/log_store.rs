@@ -254,6 +254,11 @@ impl LogStore {
         self.inner.state.lock().committed
     }
 
+    /// Makes appends draw on `limit` (fault injection, see `keel_store::space`).
+    pub fn set_space_limit(&self, limit: Arc<keel_store::SpaceLimit>) {
+        self.inner.wal.set_space_limit(limit);
+    }
+
     /// Bytes in the log's segments.
     pub fn bytes(&self) -> u64 {
         self.inner.wal.total_bytes()

@@ -3,8 +3,8 @@
 //!
 //! Every request carries the cluster id; a node of another cluster refuses
 //! it. Failures map to openraft's error kinds so that it backs off from a
-//! node that is down (`Unreachable`) and retries a transient failure
-//! (`Network`).
+//! node that is down, not ready or low on disk space (`Unreachable`) and
+//! retries a transient failure (`Network`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,6 +35,8 @@ pub const PATH_VOTE: &str = "/raft/vote";
 pub const PATH_SNAPSHOT: &str = "/raft/snapshot";
 /// Status a receiver answers while it is still fetching a snapshot's blobs.
 pub const STATUS_NOT_READY: u16 = 503;
+/// Status a receiver low on disk space answers to entries and snapshots.
+pub const STATUS_DISK_FULL: u16 = 507;
 
 /// When each peer last answered a Raft RPC.
 pub type Contacts = Arc<Mutex<HashMap<NodeId, Instant>>>;
@@ -126,9 +128,11 @@ impl Connection {
         let body = response.bytes().await.map_err(|e| {
             Failure::Network(format!("node {}: reading the answer: {e}", self.target))
         })?;
-        if status.as_u16() == STATUS_NOT_READY {
+        // A node that cannot take the request yet is treated as unreachable,
+        // so openraft backs off before it retries.
+        if status.as_u16() == STATUS_NOT_READY || status.as_u16() == STATUS_DISK_FULL {
             return Err(Failure::Unreachable(format!(
-                "node {} is not ready: {}",
+                "node {} cannot take it now ({status}): {}",
                 self.target,
                 String::from_utf8_lossy(&body)
             )));

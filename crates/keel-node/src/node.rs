@@ -50,6 +50,7 @@ pub(crate) struct Inner {
     pub primary: crate::primary::PrimaryState,
     pub health: crate::health::Health,
     pub faults: crate::faults::Faults,
+    pub disk: crate::disk::Disk,
     /// Milliseconds since `started` when the leader last sent entries or a heartbeat.
     pub last_leader_contact: AtomicU64,
     /// Set when start-up cut damage from the Raft log: entries this node
@@ -91,12 +92,15 @@ impl Node {
         config: NodeConfig,
         carry: crate::health::HealthCarry,
     ) -> anyhow::Result<Node> {
+        let faults = crate::faults::Faults::for_node(&config.data_dir);
         let options = StoreOptions {
             deterministic_revisions: true,
+            space_limit: faults.space_limit(),
             ..StoreOptions::default()
         };
         let dir = config.data_dir.clone();
-        let store = match tokio::task::spawn_blocking(move || Store::open(&dir, options)).await? {
+        let opened = tokio::task::spawn_blocking(move || crate::disk::open_store(&dir, options));
+        let store = match opened.await? {
             Ok(store) => store,
             Err(
                 keel_store::StoreError::NoDataDir { path }
@@ -115,13 +119,15 @@ impl Node {
         };
         let identity = NodeIdentity::load(&config.data_dir, &store.identity().store_id)?;
         let fence = Fence::new(&config.data_dir)?;
-        let faults = crate::faults::Faults::for_node(&config.data_dir);
         let (log, recovery) = LogStore::open(
             &config.data_dir.join("raft"),
             &config.data_dir.join(keel_store::datadir::STAGING_DIR),
             fence.clone(),
             faults.clone(),
         )?;
+        if let Some(limit) = faults.space_limit() {
+            log.set_space_limit(limit);
+        }
         let damaged = recovery.truncated_bytes > 0 || recovery.committed_clamped;
         if damaged {
             tracing::warn!(
@@ -135,6 +141,12 @@ impl Node {
         let sm = StateMachine::new(store.clone())?;
         config.primary.validate()?;
         config.health.validate()?;
+        let disk = crate::disk::Disk::new(
+            identity.node_id,
+            &config.data_dir,
+            config.disk.clone(),
+            faults.clone(),
+        );
         let http = http_client();
         let contacts: Contacts = Arc::new(Mutex::new(HashMap::new()));
         let network = Network::new(
@@ -159,6 +171,7 @@ impl Node {
             cluster_id: Arc::new(identity.cluster_id.clone()),
             node_id: identity.node_id,
             faults: faults.clone(),
+            disk: disk.clone(),
         };
         let fetcher = Fetcher::new(
             store.clone(),
@@ -177,6 +190,7 @@ impl Node {
                 primary: crate::primary::PrimaryState::new(config.primary.clone()),
                 health: crate::health::Health::new(carry),
                 faults,
+                disk,
                 routing,
                 config,
                 identity,
@@ -198,6 +212,7 @@ impl Node {
         node.spawn_background_tasks();
         node.spawn_primary_tasks();
         node.spawn_health_monitor();
+        node.spawn_disk_monitor();
         let peers_of = node.clone();
         node.inner
             .scrubber
@@ -303,7 +318,7 @@ impl Node {
     }
 
     /// Takes a snapshot and purges the log up to it.
-    async fn snapshot_and_purge(&self) -> anyhow::Result<()> {
+    pub(crate) async fn snapshot_and_purge(&self) -> anyhow::Result<()> {
         let raft = &self.inner.raft;
         let applied = raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
         raft.trigger().snapshot().await?;
@@ -340,6 +355,9 @@ impl Node {
                     tokio::task::spawn_blocking(move || sm.flush_if_idle(IDLE_FLUSH_AFTER)).await
                 {
                     tracing::warn!(%error, "idle flush failed");
+                    if matches!(error, keel_store::StoreError::DiskFull { .. }) {
+                        node.inner.disk.note_enospc(&error);
+                    }
                 }
                 promote_tick += 1;
                 if promote_tick.is_multiple_of(10) && node.is_leader() {

@@ -13,11 +13,15 @@
 //! with its own, so the whole cluster's concurrent writes share its entries.
 //! A forwarded batch is committed only where it arrives, never forwarded
 //! again, so a stale view of who leads cannot make a loop.
+//!
+//! The leader admits a batch into its log only if its disk has room for it
+//! (see [`crate::disk`]); otherwise every transaction of the batch fails with
+//! [`ProposeError::DiskFull`], before anything reached the log.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel_store::{Txn, TxnOutcome};
+use keel_store::{Op, Txn, TxnOutcome};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -38,8 +42,9 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const PATH_PROPOSE: &str = "/internal/propose";
 pub const PATH_READ_INDEX: &str = "/internal/read-index";
 
-/// Why a write or read could not be served.
-#[derive(Clone, Debug, thiserror::Error)]
+/// Why a write or read could not be served (also sent from the leader to
+/// a follower that forwarded a batch).
+#[derive(Clone, Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ProposeError {
     #[error("no leader is known (the cluster may lack a quorum); retry shortly")]
     NoLeader,
@@ -51,6 +56,24 @@ pub enum ProposeError {
     Stopped(String),
     #[error("node {node} is fenced ({reason}): linearizable reads are refused; add stale=true to read its possibly outdated data")]
     Isolated { node: u64, reason: String },
+    /// The leader is low on disk space; the message names the node.
+    #[error("{0}")]
+    DiskFull(String),
+}
+
+/// Bytes a batch adds to a node's disk, roughly: its keys and values once
+/// in the Raft log and once in the store.
+pub fn batch_disk_bytes(txns: &[Txn]) -> u64 {
+    let payload: usize = txns
+        .iter()
+        .flat_map(|txn| &txn.ops)
+        .map(|op| match op {
+            Op::Put { key, value } => key.len() + value.len(),
+            Op::PutStored { key, .. } | Op::Delete { key } => key.len(),
+            Op::DeletePrefix { prefix } => prefix.len(),
+        })
+        .sum();
+    2 * payload as u64
 }
 
 /// Where a batch of transactions came from.
@@ -84,6 +107,7 @@ pub struct Routing {
     pub cluster_id: Arc<String>,
     pub node_id: NodeId,
     pub faults: crate::faults::Faults,
+    pub disk: crate::disk::Disk,
 }
 
 impl Routing {
@@ -146,11 +170,16 @@ impl Routing {
         leader: &NodeInfo,
         txns: &[Txn],
     ) -> Result<Vec<TxnOutcome>, ProposeError> {
-        let answer: Result<Vec<TxnOutcome>, String> =
+        let answer: Result<Vec<TxnOutcome>, ProposeError> =
             self.post(leader, PATH_PROPOSE, &txns).await?;
-        answer.map_err(|reason| ProposeError::Forward {
-            leader: leader.addr.clone(),
-            reason,
+        // A full disk is the leader's verdict on the write, not a failure to
+        // forward it: the client sees it as such (507).
+        answer.map_err(|error| match error {
+            ProposeError::DiskFull(message) => ProposeError::DiskFull(message),
+            other => ProposeError::Forward {
+                leader: leader.addr.clone(),
+                reason: other.to_string(),
+            },
         })
     }
 
@@ -160,6 +189,17 @@ impl Routing {
         &self,
         txns: Vec<Txn>,
     ) -> Result<Vec<TxnOutcome>, Result<Option<NodeInfo>, ProposeError>> {
+        let voters: Vec<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        self.disk
+            .admit_cluster(batch_disk_bytes(&txns), &voters)
+            .map_err(|message| Err(ProposeError::DiskFull(message)))?;
         let write =
             tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(Request::Txns(txns)));
         match write.await {
@@ -244,9 +284,26 @@ impl Routing {
         let Some(index) = index else {
             return Ok(());
         };
-        let applied = self.raft.metrics().borrow().last_applied.map(|l| l.index);
+        let (applied, stored) = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            (
+                metrics.last_applied.map(|l| l.index),
+                metrics.last_log_index,
+            )
+        };
         if applied >= Some(index) {
             return Ok(());
+        }
+        // A node low on disk space stores no new entries (see `disk`), so
+        // what it lacks will not arrive until space is freed: say so now
+        // rather than time out.
+        if stored < Some(index) && self.disk.is_low() {
+            return Err(ProposeError::DiskFull(format!(
+                "disk full on node {}: it is low on disk space and lacks entries up to {index}, \
+                 so it cannot serve a linearizable read; read from another node or with stale=true",
+                self.node_id
+            )));
         }
         self.raft
             .wait(Some(WRITE_TIMEOUT))

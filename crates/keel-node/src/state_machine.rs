@@ -5,7 +5,8 @@
 //!   and each flush records the applied log id and membership in the same
 //!   commit record as the root they produced, so after a crash the store
 //!   and its applied position always agree; Raft re-applies the rest from
-//!   its durable log.
+//!   its durable log. For the same reason a flush that meets a full disk is
+//!   only postponed (the store is left as it was, see `keel_store::segment`).
 //! - A snapshot is a checkpoint (durable): its data is only a manifest
 //!   `{root, revision, applied, membership}`. Logs are purged only up to a
 //!   snapshot, so every entry after the durable state is still in the log.
@@ -375,8 +376,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         state.last_apply = Instant::now();
         if state.ops_since_flush >= FLUSH_OPS_MAX || state.last_flush.elapsed() >= FLUSH_INTERVAL {
-            self.flush_locked(&mut state, Durability::Buffered)
-                .map_err(|e| sm_error(ErrorVerb::Write, e))?;
+            match self.flush_locked(&mut state, Durability::Buffered) {
+                Ok(()) => {}
+                // Nothing is lost: the entries are durable in the Raft log and
+                // applied in memory; the flush is retried after the next apply
+                // or when idle (which also tells the disk monitor).
+                Err(error @ keel_store::StoreError::DiskFull { .. }) => {
+                    tracing::warn!(%error, "store flush postponed");
+                }
+                Err(error) => return Err(sm_error(ErrorVerb::Write, error)),
+            }
         }
         drop(state);
         self.inner.events.publish(events);

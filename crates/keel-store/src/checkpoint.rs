@@ -7,16 +7,21 @@
 //!
 //! Retention keeps the newest `keep_newest` checkpoints plus, for each of the
 //! last `keep_hourly_hours` hours, the newest checkpoint taken in that hour.
+//!
+//! An append that fails on a full disk is cut off again, so the file keeps
+//! ending on a record boundary and later appends work once space is freed.
+//! Any other failed write or fsync latches, as in [`crate::segment`].
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{IoContext, Result, StoreError};
 use crate::frame;
 use crate::fsutil::{fsync_dir, write_atomic};
 use crate::hash::{Hash, HASH_BYTES};
+use crate::space::{self, SpaceLimit};
 
 const KIND_CHECKPOINT: u8 = 1;
 const CHECKPOINT_VERSION: u8 = 1;
@@ -130,7 +135,12 @@ impl Retention {
 pub struct CheckpointLog {
     path: PathBuf,
     staging: PathBuf,
-    file: Option<File>,
+    /// The file appends go to (read-write only) and its length.
+    file: Option<(File, u64)>,
+    /// Set after a failed write or fsync: no more appends until reopened.
+    poisoned: Option<String>,
+    /// Fault injection only (see [`crate::space`]).
+    space: Option<Arc<SpaceLimit>>,
     /// Retained checkpoints, oldest first.
     history: Vec<Checkpoint>,
     /// Records in the file (retained or not), to decide when to rewrite it.
@@ -179,6 +189,8 @@ impl CheckpointLog {
             path: path.to_path_buf(),
             staging: staging.to_path_buf(),
             file: None,
+            poisoned: None,
+            space: None,
             records_in_file: history.len(),
             max_sequence,
             max_revision,
@@ -194,14 +206,14 @@ impl CheckpointLog {
                 // Rewrite from what survived, so appends follow valid records.
                 log.rewrite()?;
             }
-            log.file = Some(
-                OpenOptions::new()
-                    .append(true)
-                    .open(path)
-                    .context("open checkpoint history", path)?,
-            );
+            log.file = Some(open_for_append(path)?);
         }
         Ok(log)
+    }
+
+    /// Makes appends draw on `limit` (fault injection, see [`crate::space`]).
+    pub fn set_space_limit(&mut self, limit: Option<Arc<SpaceLimit>>) {
+        self.space = limit;
     }
 
     /// Retained checkpoints, oldest first.
@@ -245,11 +257,7 @@ impl CheckpointLog {
         };
         let mut bytes = Vec::new();
         frame::encode(KIND_CHECKPOINT, &checkpoint.encode(), &mut bytes);
-        let file = self.file.as_mut().ok_or(StoreError::ReadOnly)?;
-        file.write_all(&bytes)
-            .context("append checkpoint", &self.path)?;
-        file.sync_data()
-            .context("fsync checkpoint history", &self.path)?;
+        self.append_durably(&bytes)?;
         self.max_sequence = checkpoint.sequence;
         self.max_revision = self.max_revision.max(revision);
         self.history.push(checkpoint.clone());
@@ -258,12 +266,48 @@ impl CheckpointLog {
         Ok(checkpoint)
     }
 
+    /// Appends framed records and fdatasyncs them (see the module doc for
+    /// what a failure leaves behind).
+    fn append_durably(&mut self, bytes: &[u8]) -> Result<()> {
+        if let Some(cause) = &self.poisoned {
+            return Err(StoreError::Poisoned {
+                cause: cause.clone(),
+            });
+        }
+        let (file, len) = self.file.as_mut().ok_or(StoreError::ReadOnly)?;
+        let written = space::write_all_at(file, bytes, *len, self.space.as_deref())
+            .map_err(|e| StoreError::io("append checkpoint", &self.path, e));
+        let error = match written {
+            Ok(()) => match file.sync_data() {
+                Ok(()) => {
+                    *len += bytes.len() as u64;
+                    return Ok(());
+                }
+                Err(e) => StoreError::io("fsync checkpoint history", &self.path, e),
+            },
+            // Cut the partial record (this needs no space) so the file still
+            // ends on a record boundary.
+            Err(error @ StoreError::DiskFull { .. }) if file.set_len(*len).is_ok() => {
+                return Err(error)
+            }
+            Err(error) => error,
+        };
+        self.poisoned = Some(error.to_string());
+        Err(error)
+    }
+
     fn apply_retention(&mut self, now_ms: u64) -> Result<()> {
         let keep = self.retention.retained(&self.history, now_ms);
         self.history.retain(|c| keep.contains(&c.sequence));
-        // Rewrite once dropped records clearly outnumber kept ones.
+        // Rewrite once dropped records clearly outnumber kept ones. The
+        // rewrite only saves space: on a full disk it waits for a later append.
         if self.records_in_file > 2 * self.history.len() + 16 {
-            self.rewrite()?;
+            match self.rewrite() {
+                Err(error @ StoreError::DiskFull { .. }) => {
+                    tracing::warn!(%error, "checkpoint history not compacted; retrying later");
+                }
+                other => other?,
+            }
         }
         Ok(())
     }
@@ -311,15 +355,32 @@ impl CheckpointLog {
             fsync_dir(parent)?;
         }
         if self.file.is_some() {
-            self.file = Some(
-                OpenOptions::new()
-                    .append(true)
-                    .open(&self.path)
-                    .context("open checkpoint history", &self.path)?,
-            );
+            // The old handle names the replaced file: appends through it
+            // would be lost, so without a new one nothing may be appended.
+            match open_for_append(&self.path) {
+                Ok(file) => self.file = Some(file),
+                Err(error) => {
+                    self.poisoned = Some(error.to_string());
+                    return Err(error);
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Opens the history for positional appends at its end (no `O_APPEND`: it
+/// would make `pwrite` ignore the offset); returns the file and its length.
+fn open_for_append(path: &Path) -> Result<(File, u64)> {
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .context("open checkpoint history", path)?;
+    let len = file
+        .metadata()
+        .context("stat checkpoint history", path)?
+        .len();
+    Ok((file, len))
 }
 
 /// Record kind restating the highest sequence and revision ever used.
@@ -395,6 +456,29 @@ mod tests {
         assert_eq!(log.max_revision(), 400);
         let next = log.append(410, Hash::of(b"x"), 5000, Vec::new()).unwrap();
         assert_eq!(next.sequence, 41, "sequence 40 must never be reused");
+    }
+
+    #[test]
+    fn a_full_disk_leaves_no_partial_record_and_appends_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoints.log");
+        let mut log = CheckpointLog::open(&path, dir.path(), Retention::default(), true).unwrap();
+        let limit = Arc::new(SpaceLimit::default());
+        log.set_space_limit(Some(limit.clone()));
+        log.append(1, Hash::of(b"1"), 1, Vec::new()).unwrap();
+        let len = std::fs::metadata(&path).unwrap().len();
+        limit.set_remaining(Some(10));
+        let error = log.append(2, Hash::of(b"2"), 2, Vec::new()).unwrap_err();
+        assert!(matches!(error, StoreError::DiskFull { .. }), "{error}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+        limit.set_remaining(None);
+        let next = log.append(3, Hash::of(b"3"), 3, Vec::new()).unwrap();
+        assert_eq!(next.sequence, 2, "the failed append used no sequence");
+        drop(log);
+        let log = CheckpointLog::open(&path, dir.path(), Retention::default(), false).unwrap();
+        assert_eq!(log.damage, None);
+        let revisions: Vec<u64> = log.history().iter().map(|c| c.revision).collect();
+        assert_eq!(revisions, vec![1, 3]);
     }
 
     #[test]

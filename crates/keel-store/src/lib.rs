@@ -7,7 +7,8 @@
 //!
 //! Layers, bottom up (each knows nothing of the ones above it):
 //! - [`frame`]: checksummed records, and the scan that finds where valid data ends;
-//! - [`segment`]: numbered append-only files with latched I/O errors;
+//! - [`segment`]: numbered append-only files with latched I/O errors (a full
+//!   disk is cut back cleanly instead, see [`space`] for its test seam);
 //! - [`pack`]: blobs by BLAKE3 hash, commit records, hints, compaction;
 //! - [`object`] and [`tree`]: directory HAMTs, chunked values, persistent updates;
 //! - [`checkpoint`]: the durable history of named roots, with retention;
@@ -30,6 +31,7 @@ pub mod key;
 pub mod object;
 pub mod pack;
 pub mod segment;
+pub mod space;
 pub mod store;
 pub mod tree;
 pub mod txn;
@@ -38,6 +40,7 @@ pub use checkpoint::{Checkpoint, Retention};
 pub use error::{Result, StoreError};
 pub use hash::Hash;
 pub use object::{Entry, EntryValue};
+pub use space::SpaceLimit;
 pub use store::{
     ChangeEvent, ChangeKind, Durability, GcHold, GcReport, ItemKind, ListItem, RecoveryReport,
     Snapshot, Store, StoreOptions, StoreStats, StoredValueOrInline,

@@ -322,6 +322,11 @@ impl Pack {
         Ok(recovery)
     }
 
+    /// Makes appends draw on `limit` (fault injection, see [`crate::space`]).
+    pub fn set_space_limit(&self, limit: std::sync::Arc<crate::space::SpaceLimit>) {
+        self.log.set_space_limit(limit);
+    }
+
     /// Declares which commit record is the head after recovery, and whether
     /// the active segment already holds it.
     pub fn set_recovered_head(&self, head: Option<CommitRecord>, in_active: bool) {
@@ -603,18 +608,33 @@ impl Pack {
 
     /// Seals the active segment: durable, hinted, and a new segment that
     /// starts with a copy of the newest commit record.
+    ///
+    /// On a full disk the hint may be missing (the next open rebuilds it by
+    /// scanning) and the new segment may lack the copy of the head (it is
+    /// written before any compaction, see [`Pack::ensure_head_in_active`]).
     fn roll(&self, writer: &mut WriterState) -> Result<()> {
         let sealed = self.log.roll()?;
+        // From here on the writer's state describes the new segment, even if
+        // a step below fails: sync marks must never state a length of the
+        // sealed one.
+        writer.synced_len = 0;
+        writer.marked_len = 0;
+        let entries = std::mem::take(&mut writer.active_entries);
+        let last_commit = writer.last_commit_in_active.take();
         let summary = SegmentSummary {
             segment_len: std::fs::metadata(self.log.path_of(sealed))
                 .context("stat segment", &self.log.path_of(sealed))?
                 .len(),
-            entries: std::mem::take(&mut writer.active_entries),
-            last_commit: writer.last_commit_in_active.take(),
+            entries,
+            last_commit,
         };
-        self.write_hint(sealed, &summary)?;
-        writer.synced_len = 0;
-        writer.marked_len = 0;
+        match self.write_hint(sealed, &summary) {
+            Ok(()) => {}
+            Err(error @ StoreError::DiskFull { .. }) => {
+                tracing::warn!(%error, segment = sealed, "no hint for a sealed segment; the next open scans it");
+            }
+            Err(error) => return Err(error),
+        }
         if let Some(commit) = writer.last_commit.clone() {
             let mut carry = Vec::new();
             frame::encode(KIND_COMMIT, &commit.encode(), &mut carry);

@@ -14,6 +14,11 @@
 //! - **I/O failures latch**: after a failed write or fsync the log refuses
 //!   every further write until it is reopened, because the kernel may have
 //!   dropped the dirty pages and a retried fsync would lie.
+//! - **A full disk does not latch**: an append that fails with `ENOSPC` or
+//!   `EDQUOT` is cut off again (`ftruncate` to where it began, which needs no
+//!   space), so the log holds exactly what it held before and later appends
+//!   work once space is freed. Only if that cut fails does the log latch. A
+//!   failed fsync always latches, full disk or not.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -25,6 +30,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::error::{IoContext, Result, StoreError};
 use crate::fsutil::{create_dir_durable, fsync_dir};
+use crate::space::{self, SpaceLimit};
 
 /// Whether a log may be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +47,8 @@ struct Writer {
     file: Arc<File>,
     len: u64,
     poisoned: Option<String>,
+    /// Fault injection only (see [`crate::space`]).
+    space: Option<Arc<SpaceLimit>>,
 }
 
 /// A numbered sequence of append-only files `NNNNNNNN.<extension>`.
@@ -83,6 +91,7 @@ impl SegmentLog {
                 file,
                 len,
                 poisoned: None,
+                space: None,
             }));
         }
         Ok(log)
@@ -90,7 +99,9 @@ impl SegmentLog {
 
     fn open_for_append(&self, id: u32) -> Result<Arc<File>> {
         let path = self.path_of(id);
-        let existed = path.exists();
+        // A file left by an earlier attempt that failed before its name was
+        // made durable counts as new: it is not in `files` yet.
+        let existed = path.exists() && self.files.read().contains_key(&id);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -104,6 +115,13 @@ impl SegmentLog {
         let file = Arc::new(file);
         self.files.write().insert(id, file.clone());
         Ok(file)
+    }
+
+    /// Makes appends draw on `limit` (fault injection, see [`crate::space`]).
+    pub fn set_space_limit(&self, limit: Arc<SpaceLimit>) {
+        if let Some(writer) = &self.writer {
+            writer.lock().space = Some(limit);
+        }
     }
 
     /// The directory holding the segments.
@@ -178,11 +196,26 @@ impl SegmentLog {
 
     /// Appends `bytes` (one or more framed records) to the active segment and
     /// returns `(segment, offset)` where they start. Not durable until [`sync`](Self::sync).
+    /// A full disk leaves the log as it was (see the module doc).
     pub fn append(&self, bytes: &[u8]) -> Result<(u32, u64)> {
         let mut writer = self.writer()?;
         let offset = writer.len;
-        if let Err(e) = writer.file.write_all_at(bytes, offset) {
-            let error = StoreError::io("append to segment", self.path_of(writer.active), e);
+        let path = self.path_of(writer.active);
+        let written = space::write_all_at(&writer.file, bytes, offset, writer.space.as_deref());
+        if let Err(e) = written {
+            let error = StoreError::io("append to segment", &path, e);
+            if matches!(error, StoreError::DiskFull { .. }) {
+                // The part written past `offset` was never acknowledged; cut
+                // it so the next append starts on a record boundary. Not
+                // synced: if a crash brings the tail back, recovery cuts it
+                // as torn, and the next fdatasync records the new length.
+                match writer.file.set_len(offset) {
+                    Ok(()) => return Err(error),
+                    Err(cut) => {
+                        tracing::error!(path = %path.display(), %cut, "cannot cut a failed append off the segment");
+                    }
+                }
+            }
             writer.poisoned = Some(error.to_string());
             // Whatever was partly written past `offset` is garbage; the next
             // open truncates it as a torn tail.
@@ -345,5 +378,26 @@ mod tests {
         let reopened = SegmentLog::open(dir.path(), "seg", Mode::ReadOnly).unwrap();
         assert_eq!(reopened.read_segment(1).unwrap(), b"hello!");
         assert!(matches!(reopened.append(b"x"), Err(StoreError::ReadOnly)));
+    }
+
+    #[test]
+    fn a_full_disk_cuts_the_append_back_and_does_not_latch() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open(dir.path(), "seg", Mode::ReadWrite).unwrap();
+        let limit = Arc::new(SpaceLimit::default());
+        log.set_space_limit(limit.clone());
+        log.append(b"hello").unwrap();
+        limit.set_remaining(Some(3));
+        let error = log.append(b"world").unwrap_err();
+        assert!(matches!(error, StoreError::DiskFull { .. }), "{error}");
+        assert_eq!(log.active_len(), 5);
+        let on_disk = std::fs::metadata(log.path_of(1)).unwrap().len();
+        assert_eq!(on_disk, 5, "the partly written append must be cut off");
+        log.sync().expect("a full disk must not latch the log");
+        limit.set_remaining(None);
+        assert_eq!(log.append(b"again").unwrap(), (1, 5));
+        drop(log);
+        let reopened = SegmentLog::open(dir.path(), "seg", Mode::ReadOnly).unwrap();
+        assert_eq!(reopened.read_segment(1).unwrap(), b"helloagain");
     }
 }

@@ -34,6 +34,7 @@ use crate::key::{split_dir, split_key};
 use crate::object::{Entry, EntryValue, Link, INLINE_VALUE_BYTES_MAX};
 use crate::pack::{CommitRecord, Pack, PackBatch, PackRecovery, SEGMENT_BYTES_TARGET_DEFAULT};
 use crate::segment::Mode;
+use crate::space::SpaceLimit;
 use crate::tree::{self, Objects, OnDamage};
 use crate::txn::{Op, StoredValue, Txn, TxnOutcome};
 
@@ -57,6 +58,8 @@ pub struct StoreOptions {
     /// acknowledged commits to damage continues above every revision it
     /// ever recorded instead.
     pub deterministic_revisions: bool,
+    /// Fault injection: a budget for appends (see [`crate::space`]).
+    pub space_limit: Option<Arc<SpaceLimit>>,
 }
 
 impl Default for StoreOptions {
@@ -68,6 +71,7 @@ impl Default for StoreOptions {
             retention: None,
             value_bytes_max: VALUE_BYTES_MAX_DEFAULT,
             deterministic_revisions: false,
+            space_limit: None,
         }
     }
 }
@@ -134,6 +138,30 @@ struct Writer {
     meta: Vec<u8>,
     /// Highest revision ever used (including by checkpoints and lost commits).
     max_revision: u64,
+}
+
+/// The part of [`Writer`] that applying changes, saved to undo a failed one.
+/// `max_revision` is not in it: a revision once handed out stays used.
+struct Unflushed {
+    root: Link,
+    revision: u64,
+    dirty: bool,
+}
+
+impl Writer {
+    fn unflushed(&self) -> Unflushed {
+        Unflushed {
+            root: self.root.clone(),
+            revision: self.revision,
+            dirty: self.dirty,
+        }
+    }
+
+    fn restore(&mut self, saved: Unflushed) {
+        self.root = saved.root;
+        self.revision = saved.revision;
+        self.dirty = saved.dirty;
+    }
 }
 
 /// Keeps garbage collection out while blobs not yet referenced by any commit
@@ -215,6 +243,9 @@ impl Store {
             mode,
             options.segment_bytes_target,
         )?;
+        if let Some(limit) = &options.space_limit {
+            pack.set_space_limit(limit.clone());
+        }
         let objects = Objects::new(pack, options.cache_bytes);
         let mut recovery = RecoveryReport {
             unclean_shutdown: data_dir.was_dirty,
@@ -230,12 +261,13 @@ impl Store {
             &mut recovery,
         )?;
         let retention = options.retention.unwrap_or(config.checkpoints);
-        let checkpoints = CheckpointLog::open(
+        let mut checkpoints = CheckpointLog::open(
             &data_dir.checkpoints(),
             &data_dir.staging(),
             retention,
             !options.read_only,
         )?;
+        checkpoints.set_space_limit(options.space_limit.clone());
         recovery.checkpoint_history_damage = checkpoints.damage.clone();
         recovery.checkpoints_missing_root = checkpoints
             .history()
@@ -381,7 +413,8 @@ impl Store {
     /// Applies transactions to the in-memory tree, in order; each successful
     /// one that changes something gets the next revision. Not durable until
     /// [`Store::flush`]. Deterministic rejections are outcomes, not errors;
-    /// an `Err` means a local failure (I/O, damaged data).
+    /// an `Err` means a local failure (I/O, damaged data, a full disk), and
+    /// then none of `txns` is applied.
     pub fn apply(&self, txns: &[Txn]) -> Result<Vec<TxnOutcome>> {
         self.apply_recording(txns, None)
     }
@@ -391,27 +424,52 @@ impl Store {
     pub fn apply_recording(
         &self,
         txns: &[Txn],
-        mut events: Option<&mut Vec<ChangeEvent>>,
+        events: Option<&mut Vec<ChangeEvent>>,
     ) -> Result<Vec<TxnOutcome>> {
         self.check_writable()?;
         let mut writer = self.inner.writer.lock();
+        let before = writer.unflushed();
+        let mut recorded = Vec::new();
+        match self.apply_locked(&mut writer, txns, &mut recorded) {
+            Ok(outcomes) => {
+                if let Some(sink) = events {
+                    sink.append(&mut recorded);
+                }
+                self.publish(&writer);
+                Ok(outcomes)
+            }
+            Err(error) => {
+                writer.restore(before);
+                Err(error)
+            }
+        }
+    }
+
+    fn apply_locked(
+        &self,
+        writer: &mut Writer,
+        txns: &[Txn],
+        events: &mut Vec<ChangeEvent>,
+    ) -> Result<Vec<TxnOutcome>> {
         let mut outcomes = Vec::with_capacity(txns.len());
         let mut txn_events = Vec::new();
         for txn in txns {
             txn_events.clear();
-            let outcome = self.apply_one(&mut writer, txn, &mut txn_events)?;
-            if let (Some(sink), TxnOutcome::Applied { changed: true, .. }) =
-                (events.as_deref_mut(), &outcome)
-            {
-                sink.append(&mut txn_events);
+            let outcome = self.apply_one(writer, txn, &mut txn_events)?;
+            if let TxnOutcome::Applied { changed: true, .. } = &outcome {
+                events.append(&mut txn_events);
             }
             outcomes.push(outcome);
         }
+        Ok(outcomes)
+    }
+
+    /// Lets readers see the writer's current tree.
+    fn publish(&self, writer: &Writer) {
         self.inner.head.store(Arc::new(Head {
             root: writer.root.clone(),
             revision: writer.revision,
         }));
-        Ok(outcomes)
     }
 
     fn apply_one(
@@ -635,18 +693,28 @@ impl Store {
         writer.root = Link::Stored(root);
         writer.dirty = false;
         writer.meta = commit.meta.clone();
-        self.inner.head.store(Arc::new(Head {
-            root: Link::Stored(root),
-            revision: writer.revision,
-        }));
+        self.publish(writer);
         Ok(commit)
     }
 
     /// Applies and durably commits transactions (the offline write path).
+    /// On an error (a full disk, say) nothing of `txns` is applied, not even
+    /// in memory, so a later commit cannot make them durable after all.
     pub fn commit(&self, txns: &[Txn]) -> Result<Vec<TxnOutcome>> {
-        let outcomes = self.apply(txns)?;
-        self.flush(Durability::Sync, None)?;
-        Ok(outcomes)
+        self.check_writable()?;
+        let mut writer = self.inner.writer.lock();
+        let before = writer.unflushed();
+        let committed = self
+            .apply_locked(&mut writer, txns, &mut Vec::new())
+            .and_then(|outcomes| {
+                self.flush_locked(&mut writer, Durability::Sync, None)?;
+                Ok(outcomes)
+            });
+        if committed.is_err() {
+            writer.restore(before);
+            self.publish(&writer);
+        }
+        committed
     }
 
     /// Durably records the current state as a new checkpoint. Returns the
@@ -734,11 +802,30 @@ impl Store {
             .max_revision
             .max(self.inner.checkpoints.lock().max_revision())
             + 1;
-        writer.root = Link::Stored(hash);
-        writer.revision = revision;
         writer.max_revision = revision;
+        self.switch_root(&mut writer, hash, revision, meta)
+    }
+
+    /// Makes `root` current at `revision`, durably, and checkpoints it. If
+    /// the commit cannot be written, the writer keeps its previous tree.
+    fn switch_root(
+        &self,
+        writer: &mut Writer,
+        root: Hash,
+        revision: u64,
+        meta: Option<Vec<u8>>,
+    ) -> Result<Checkpoint> {
+        let before = writer.unflushed();
+        writer.root = Link::Stored(root);
+        writer.revision = revision;
         writer.dirty = true;
-        let commit = self.flush_locked(&mut writer, Durability::Sync, meta)?;
+        let commit = match self.flush_locked(writer, Durability::Sync, meta) {
+            Ok(commit) => commit,
+            Err(error) => {
+                writer.restore(before);
+                return Err(error);
+            }
+        };
         self.inner.checkpoints.lock().append(
             commit.revision,
             commit.root,
@@ -763,17 +850,8 @@ impl Store {
             true,
         )?;
         let mut writer = self.inner.writer.lock();
-        writer.root = Link::Stored(root);
-        writer.revision = revision;
         writer.max_revision = writer.max_revision.max(revision);
-        writer.dirty = true;
-        let commit = self.flush_locked(&mut writer, Durability::Sync, Some(meta))?;
-        self.inner.checkpoints.lock().append(
-            commit.revision,
-            commit.root,
-            commit.timestamp_ms,
-            commit.meta,
-        )
+        self.switch_root(&mut writer, root, revision, Some(meta))
     }
 
     /// Adds blobs that came from elsewhere (a peer), after checking that
@@ -848,12 +926,27 @@ impl Store {
     /// state or an in-flight write can reach. Refuses to delete anything if
     /// any reachable object cannot be read: the live set must be certain.
     pub fn gc(&self, force: bool) -> Result<GcReport> {
+        self.gc_gated(force, true)
+            .map(|report| report.expect("a waiting collection always runs"))
+    }
+
+    /// Like [`Store::gc`], but returns `None` at once instead of waiting
+    /// while writes of not-yet-referenced blobs hold the gate (a snapshot
+    /// fetch can take minutes).
+    pub fn try_gc(&self, force: bool) -> Result<Option<GcReport>> {
+        self.gc_gated(force, false)
+    }
+
+    fn gc_gated(&self, force: bool, wait: bool) -> Result<Option<GcReport>> {
         self.check_writable()?;
         let started = Instant::now();
         let gate = &self.inner.gc_gate;
         {
             let mut state = gate.state.lock();
             while state.1 || state.0 > 0 {
+                if !wait {
+                    return Ok(None);
+                }
                 gate.changed.wait(&mut state);
             }
             state.1 = true;
@@ -863,7 +956,7 @@ impl Store {
         gate.changed.notify_all();
         let mut report = result?;
         report.elapsed_ms = started.elapsed().as_millis() as u64;
-        Ok(report)
+        Ok(Some(report))
     }
 
     fn gc_exclusive(&self, force: bool) -> Result<GcReport> {

@@ -814,12 +814,19 @@ fn remove_at(
 
 /// Writes every unwritten node reachable from `link` into `batch` (children
 /// before parents) and returns the root hash.
+///
+/// A node hashed by an earlier flush whose batch never reached the pack (the
+/// append failed on a full disk) is written again: a node counts as written
+/// only when the pack holds it. A batch is appended whole or not at all, so
+/// a parent in the pack implies its children are.
 pub fn flush(objects: &Objects, link: &Link, batch: &mut PackBatch) -> Hash {
     match link {
         Link::Stored(hash) => *hash,
         Link::Loaded(cell) => {
             if let Some(hash) = cell.hash() {
-                return hash;
+                if hash == empty_dir_hash() || objects.pack.contains(&hash) {
+                    return hash;
+                }
             }
             let bytes = encode_node(&cell.node, &mut |child| flush(objects, child, batch));
             let hash = Hash::of(&bytes);

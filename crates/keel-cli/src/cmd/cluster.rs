@@ -41,6 +41,21 @@ pub struct ServeArgs {
     /// Rest between two scrub passes (default 60s).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub scrub_pause: Option<std::time::Duration>,
+    /// Refuse client writes with less than this free on the data directory's
+    /// file system, e.g. 128MiB (the default).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub disk_low_watermark: Option<u64>,
+    /// Size of the reserve file kept for writes that cannot be refused, e.g.
+    /// 64MiB (the default); 0 for none.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub disk_reserve: Option<u64>,
+}
+
+/// A size in bytes: `4096`, `64MiB`, `1.5GB`.
+fn parse_size(text: &str) -> Result<u64, String> {
+    byte_unit::Byte::parse_str(text, true)
+        .map(|size| size.as_u64())
+        .map_err(|e| format!("{text:?} is not a size: {e}"))
 }
 
 impl ServeArgs {
@@ -70,6 +85,12 @@ impl ServeArgs {
         }
         if let Some(after) = self.primary_dead_after {
             config.primary.dead_after_ms = after.as_millis() as u64;
+        }
+        if let Some(bytes) = self.disk_low_watermark {
+            config.disk.low_watermark_bytes = bytes;
+        }
+        if let Some(bytes) = self.disk_reserve {
+            config.disk.reserve_bytes = bytes;
         }
         if let Some(rate) = self.scrub_rate {
             config.scrub.rate_bytes_per_sec = rate;

@@ -195,7 +195,16 @@ impl Cluster {
 
     /// [`Cluster::found`], with extra `keel serve` flags for every member.
     pub async fn found_with(serve_args: Vec<String>, prepare: impl FnOnce(&Path)) -> Cluster {
-        let base = tempfile::tempdir().unwrap();
+        Cluster::found_in(tempfile::tempdir().unwrap(), serve_args, prepare).await
+    }
+
+    /// [`Cluster::found_with`], with every member's data directory and log
+    /// under `base` (a small file system, say).
+    pub async fn found_in(
+        base: tempfile::TempDir,
+        serve_args: Vec<String>,
+        prepare: impl FnOnce(&Path),
+    ) -> Cluster {
         let mut cluster = Cluster {
             base,
             members: Vec::new(),
@@ -261,7 +270,12 @@ impl Cluster {
     }
 
     pub async fn three_with(serve_args: Vec<String>) -> Cluster {
-        let mut cluster = Cluster::found_with(serve_args, |_| {}).await;
+        Cluster::three_in(tempfile::tempdir().unwrap(), serve_args).await
+    }
+
+    /// Three members, everything under `base` (see [`Cluster::found_in`]).
+    pub async fn three_in(base: tempfile::TempDir, serve_args: Vec<String>) -> Cluster {
+        let mut cluster = Cluster::found_in(base, serve_args, |_| {}).await;
         cluster.add_member().await;
         cluster.add_member().await;
         cluster

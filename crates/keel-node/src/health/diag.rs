@@ -98,6 +98,8 @@ impl Node {
             self.check_replication(),
             self.check_catch_up(),
             self.check_fsync(),
+            self.check_disk(),
+            self.check_scrub(),
             self.check_escalation(now),
         ];
         let verdict = checks
@@ -289,6 +291,82 @@ impl Node {
                 evidence,
             ),
         }
+    }
+
+    fn check_disk(&self) -> Check {
+        let status = self.disk_status();
+        let evidence = serde_json::to_value(&status).unwrap_or_default();
+        let free = crate::disk::human(status.free_bytes);
+        let staging = crate::disk::human(status.staging_bytes);
+        let (verdict, summary) = if status.low_space {
+            (
+                Verdict::Critical,
+                format!(
+                    "disk full: {free} free (writes resume at {}); client writes and new entries refused, reclaiming space",
+                    crate::disk::human(status.resume_at_free_bytes)
+                ),
+            )
+        } else if !status.reserve_present && status.reserve_bytes > 0 {
+            (
+                Verdict::Warning,
+                format!(
+                    "{free} free, but the {} reserve is not in place yet",
+                    crate::disk::human(status.reserve_bytes)
+                ),
+            )
+        } else if status.free_bytes < 2 * status.low_watermark_bytes {
+            (
+                Verdict::Warning,
+                format!(
+                    "{free} free: writes stop below {}",
+                    crate::disk::human(status.low_watermark_bytes)
+                ),
+            )
+        } else {
+            (
+                Verdict::Ok,
+                format!(
+                    "{free} free of {}; staging {staging}",
+                    crate::disk::human(status.total_bytes)
+                ),
+            )
+        };
+        check("disk", verdict, summary, evidence)
+    }
+
+    fn check_scrub(&self) -> Check {
+        let status = self.scrubber().status();
+        let evidence = serde_json::to_value(&status).unwrap_or_default();
+        let (verdict, summary) = if let Some(first) = status.critical.first() {
+            let keys = first.keys.join(", ");
+            (
+                Verdict::Critical,
+                format!(
+                    "{} blob(s) damaged on every replica, reads of their keys fail; first: {} (keys: {keys})",
+                    status.critical.len(),
+                    first.blob
+                ),
+            )
+        } else if let Some(error) = &status.last_error {
+            (
+                Verdict::Warning,
+                format!("the latest scrub pass failed (it is retried): {error}"),
+            )
+        } else if !status.enabled {
+            (
+                Verdict::Ok,
+                "background scrub disabled; reads still repair what they meet".to_string(),
+            )
+        } else {
+            (
+                Verdict::Ok,
+                format!(
+                    "{} pass(es) completed; {} blob(s) repaired from peers since start",
+                    status.passes_completed, status.repaired_total
+                ),
+            )
+        };
+        check("scrub", verdict, summary, evidence)
     }
 
     fn check_fsync(&self) -> Check {

@@ -37,6 +37,9 @@ pub const PATH_HEARTBEAT: &str = "/internal/heartbeat";
 pub struct Heartbeat {
     pub from: NodeId,
     pub healthy: bool,
+    /// The sender is low on disk space and stores no new entries (see
+    /// `disk`): a leader refuses writes that a majority cannot store.
+    pub disk_low: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -144,9 +147,12 @@ impl Node {
     /// Answers a peer's heartbeat.
     pub(crate) fn on_heartbeat(&self, heartbeat: Heartbeat) -> Heartbeat {
         self.heard_from(heartbeat.from, Some(heartbeat.healthy));
+        self.disk()
+            .peer_reported(heartbeat.from, heartbeat.disk_low);
         Heartbeat {
             from: self.id(),
             healthy: self.local_health().is_ok(),
+            disk_low: self.disk().is_low(),
         }
     }
 
@@ -178,6 +184,7 @@ impl Node {
                     .body(encode(&Heartbeat {
                         from: node.id(),
                         healthy,
+                        disk_low: node.disk().is_low(),
                     }))
                     .send()
                     .await;
@@ -185,6 +192,7 @@ impl Node {
                     if let Ok(bytes) = response.bytes().await {
                         if let Ok(answer) = decode::<Heartbeat>(&bytes) {
                             node.heard_from(answer.from, Some(answer.healthy));
+                            node.disk().peer_reported(answer.from, answer.disk_low);
                             return;
                         }
                     }

@@ -31,6 +31,11 @@ pub async fn status(State(node): State<Node>) -> Json<NodeStatus> {
     Json(node.status())
 }
 
+/// `/v1/disk`: free space, the reserve, low-space mode and reclaim.
+pub async fn disk(State(node): State<Node>) -> Json<crate::disk::DiskStatus> {
+    Json(node.disk_status())
+}
+
 /// Answered by the leader when one is known (it alone sees replication
 /// progress and contact times), else by this node.
 pub async fn cluster_status(State(node): State<Node>) -> Response {

@@ -6,7 +6,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use keel_store::{Hash, Txn, TxnOutcome};
-use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, VoteRequest,
+};
 
 use crate::network::{CLUSTER_HEADER, NODE_HEADER};
 use crate::node::Node;
@@ -74,6 +76,21 @@ pub async fn isolate(State(node): State<Node>, axum::Json(on): axum::Json<bool>)
     }
 }
 
+/// Test-only: the size of the file system the data directory is on, in
+/// bytes (`null`: the real one). See `faults` and `disk`.
+pub async fn disk_limit(
+    State(node): State<Node>,
+    axum::Json(limit): axum::Json<Option<u64>>,
+) -> Response {
+    match node.faults().set_disk_limit(limit) {
+        Ok(()) => {
+            node.disk().wake();
+            (StatusCode::OK, "ok").into_response()
+        }
+        Err(message) => refuse(StatusCode::FORBIDDEN, message),
+    }
+}
+
 /// Test-only: the current Raft log segment goes bad (appends to it fail).
 pub async fn fail_log(State(node): State<Node>) -> Response {
     match node.inject_bad_log_segment() {
@@ -82,12 +99,39 @@ pub async fn fail_log(State(node): State<Node>) -> Response {
     }
 }
 
+/// How long a node low on disk space holds its answer to entries it did
+/// not store: the leader resends at once, so this paces the retries.
+const DISK_FULL_APPEND_HOLD: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// While this node is low on disk space it stores no entries. It still
+/// handles the rest of the message as a heartbeat (the leader's vote, and
+/// its commit index up to what this node holds) and answers that it matches
+/// the leader up to `prev_log_id`, which is exactly what it just checked
+/// (openraft's `PartialSuccess`). So it keeps following instead of calling
+/// elections, and its answer still confirms the leader for linearizable
+/// reads; the entries wait until space is freed.
 pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> Response {
     let request: AppendEntriesRequest<TypeConfig> = match accept(&node, &headers, &body) {
         Ok(request) => request,
         Err(response) => return response,
     };
     node.leader_contact();
+    if !request.entries.is_empty() && node.disk().admit(2 * body.len() as u64).is_err() {
+        let matching = request.prev_log_id;
+        let heartbeat = AppendEntriesRequest {
+            entries: Vec::new(),
+            ..request
+        };
+        let answer = match node.raft().append_entries(heartbeat).await {
+            Ok(AppendEntriesResponse::Success) => {
+                tokio::time::sleep(DISK_FULL_APPEND_HOLD).await;
+                Ok(AppendEntriesResponse::PartialSuccess(matching))
+            }
+            // A conflict or a higher vote: the leader must see it as such.
+            other => other,
+        };
+        return binary(encode(&answer));
+    }
     binary(encode(&node.raft().append_entries(request).await))
 }
 
@@ -115,6 +159,10 @@ pub async fn snapshot(State(node): State<Node>, headers: HeaderMap, body: Bytes)
         Err(response) => return response,
     };
     node.leader_contact();
+    // Fetching a snapshot's blobs needs space this node does not have.
+    if let Err(message) = node.disk().admit(0) {
+        return refuse(StatusCode::INSUFFICIENT_STORAGE, message);
+    }
     if request.offset == 0 && request.done {
         let manifest: SnapshotManifest = match decode(&request.data) {
             Ok(manifest) => manifest,
@@ -176,11 +224,8 @@ pub async fn propose(State(node): State<Node>, headers: HeaderMap, body: Bytes) 
         Ok(txns) => txns,
         Err(response) => return response,
     };
-    let answer: Result<Vec<TxnOutcome>, String> = node
-        .proposer()
-        .propose_forwarded(txns)
-        .await
-        .map_err(|e| e.to_string());
+    let answer: Result<Vec<TxnOutcome>, crate::proposer::ProposeError> =
+        node.proposer().propose_forwarded(txns).await;
     binary(encode(&answer))
 }
 

@@ -27,6 +27,7 @@ pub fn router(node: Node) -> Router {
         .route("/up", get(cluster::up))
         .route("/ready", get(cluster::ready))
         .route("/v1/status", get(cluster::status))
+        .route("/v1/disk", get(cluster::disk))
         .route("/v1/cluster/status", get(cluster::cluster_status))
         .route("/v1/cluster/join", post(cluster::join))
         .route("/v1/cluster/members/{id}", delete(cluster::remove_member))
@@ -52,6 +53,7 @@ pub fn router(node: Node) -> Router {
         )
         .route(crate::primary::PATH_HEARTBEAT, post(internal::heartbeat))
         .route("/internal/debug/isolate", post(internal::isolate))
+        .route("/internal/debug/disk-limit", post(internal::disk_limit))
         .route("/internal/debug/fail-log", post(internal::fail_log))
         .route(crate::network::PATH_APPEND, post(internal::append))
         .route(crate::network::PATH_VOTE, post(internal::vote))
@@ -132,7 +134,12 @@ impl IntoResponse for ApiError {
 
 impl From<ProposeError> for ApiError {
     fn from(error: ProposeError) -> ApiError {
-        ApiError::unavailable(error.to_string())
+        match error {
+            ProposeError::DiskFull(message) => {
+                ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "disk_full", message)
+            }
+            other => ApiError::unavailable(other.to_string()),
+        }
     }
 }
 

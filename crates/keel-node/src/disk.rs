@@ -1,0 +1,684 @@
+//! Disk space: a full file system must never stop Raft or corrupt anything.
+//!
+//! openraft stops Raft on a node at its first storage error, so the Raft log
+//! and the state machine must not meet `ENOSPC` in normal operation. Three
+//! defences, outermost first:
+//!
+//! 1. **Admission** ([`Disk::admit`], a fresh `statvfs` per batch): with
+//!    less than the low watermark free (or the node in low-space mode),
+//!    client writes are refused before they reach the Raft log (HTTP 507
+//!    `disk_full`, "disk full on node N: ..."), and a follower refuses
+//!    entries from the leader while it keeps following (see
+//!    `server::internal::append`). Reads are never refused.
+//! 2. **The reserve**: a preallocated file `D/reserve`. Entering low-space
+//!    mode (or meeting `ENOSPC` anywhere) releases it, so that what was
+//!    already accepted still has room: entries being applied, flushes,
+//!    snapshots (checkpoints), compaction, the Raft log's own small records,
+//!    votes, membership and primary decisions (which are never refused).
+//! 3. **Reclaim**, on entering low-space mode and every [`RECLAIM_INTERVAL`]
+//!    while in it: stale files in `staging/`, a Raft snapshot and a log purge
+//!    up to it, checkpoints beyond the newest [`CHECKPOINTS_KEPT_WHEN_LOW`],
+//!    then store garbage collection.
+//!
+//! Low-space mode ends by itself, checked every [`CHECK_INTERVAL`]: once
+//! `low watermark + reserve + margin` bytes are free (the margin is a quarter
+//! of the watermark, at least [`RESUME_MARGIN_BYTES_MIN`]), the reserve is
+//! created again and writes are admitted. The margin is the hysteresis: after
+//! the reserve is back, more than the watermark is still free.
+//!
+//! Invariants:
+//! - the reserve is created only outside low-space mode's thresholds, and
+//!   durably (allocated, fsynced, renamed into place, directory fsynced): a
+//!   crash leaves either no reserve or a whole one, never a partial file
+//!   outside `staging/`;
+//! - reclaim never drops the newest checkpoint (the current Raft snapshot),
+//!   never collects while a snapshot fetch holds the store's GC gate, and
+//!   never removes a staging file younger than [`STAGING_STALE_AFTER`] (a
+//!   fetch writes its file within its 60 s batch timeout).
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use byte_unit::{Byte, UnitType};
+use keel_store::fsutil::{dir_size, fsync_dir, StagingFile};
+use keel_store::{Store, StoreError, StoreOptions};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::config::DiskSettings;
+use crate::faults::Faults;
+use crate::node::Node;
+use crate::types::NodeId;
+
+/// How often the monitor looks at the file system.
+pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// Time between two reclaim passes while space stays low.
+pub const RECLAIM_INTERVAL: Duration = Duration::from_secs(30);
+/// Checkpoints kept when space is low: the newest (the current Raft
+/// snapshot) and one before it, to roll back to.
+pub const CHECKPOINTS_KEPT_WHEN_LOW: usize = 2;
+/// Staging files untouched this long are leftovers nothing is writing.
+pub const STAGING_STALE_AFTER: Duration = Duration::from_secs(10 * 60);
+/// The smallest hysteresis margin between entering and leaving low-space mode.
+pub const RESUME_MARGIN_BYTES_MIN: u64 = 1024 * 1024;
+/// A peer's report of low disk space counts for this long (a few
+/// heartbeats: a peer that stops reporting is not held against writes).
+pub const PEER_REPORT_FRESH: Duration = Duration::from_secs(5);
+/// The reserve file, in the data directory.
+pub const RESERVE_FILE: &str = "reserve";
+/// Bytes written at once when the file system cannot preallocate.
+const ZEROS_BYTES: usize = 1024 * 1024;
+
+const _: () = assert!(
+    CHECKPOINTS_KEPT_WHEN_LOW >= 1,
+    "the newest checkpoint is always kept"
+);
+const _: () = assert!(
+    STAGING_STALE_AFTER.as_secs() > 60,
+    "longer than a fetch's batch timeout"
+);
+
+/// Free and total bytes of the data directory's file system.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Space {
+    /// Available to this (unprivileged) process.
+    pub free: u64,
+    pub total: u64,
+}
+
+/// A moment something happened, and what.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskEvent {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    pub what: String,
+}
+
+/// What one reclaim pass freed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reclaimed {
+    /// When the pass ended (milliseconds since the Unix epoch).
+    pub at_ms: u64,
+    pub elapsed_ms: u64,
+    pub free_before_bytes: u64,
+    pub free_after_bytes: u64,
+    pub staging_files_removed: u64,
+    pub staging_bytes_removed: u64,
+    pub checkpoints_dropped: u64,
+    pub log_bytes_before: u64,
+    pub log_bytes_after: u64,
+    pub gc_bytes_reclaimed: u64,
+    /// Steps that failed or were skipped, and why.
+    pub problems: Vec<String>,
+}
+
+/// This node's disk, as `GET /v1/disk` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskStatus {
+    pub node_id: NodeId,
+    /// The data directory.
+    pub path: String,
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+    /// Bytes in `staging/` (temporary files).
+    pub staging_bytes: u64,
+    pub low_watermark_bytes: u64,
+    /// Client writes and incoming entries are refused.
+    pub low_space: bool,
+    /// Since when (milliseconds since the Unix epoch).
+    pub low_space_since_ms: Option<u64>,
+    /// Free bytes at which low-space mode ends.
+    pub resume_at_free_bytes: u64,
+    pub reserve_bytes: u64,
+    pub reserve_present: bool,
+    /// The last time a write ran out of space.
+    pub last_enospc: Option<DiskEvent>,
+    /// The last reclaim pass.
+    pub last_reclaim: Option<Reclaimed>,
+    /// A file-system size injected by a test (fault injection only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub injected_limit_bytes: Option<u64>,
+    /// Milliseconds since the file system was last measured.
+    pub measured_ms_ago: u64,
+}
+
+#[derive(Debug)]
+struct State {
+    space: Space,
+    staging_bytes: u64,
+    measured: Instant,
+    low_since_ms: Option<u64>,
+    reserve_present: bool,
+    /// An `ENOSPC`, or a refused write, the monitor has not acted on yet:
+    /// either enters low-space mode (so reclaim runs) whatever `statvfs`
+    /// says.
+    enter_low_pending: bool,
+    last_enospc: Option<DiskEvent>,
+    last_reclaim: Option<Reclaimed>,
+    reclaiming: bool,
+    reclaim_due: Option<Instant>,
+}
+
+struct Inner {
+    node_id: NodeId,
+    dir: PathBuf,
+    settings: DiskSettings,
+    faults: Faults,
+    state: Mutex<State>,
+    /// What peers last said of their disks (primary heartbeats), and when.
+    peers_low: Mutex<HashMap<NodeId, (bool, Instant)>>,
+    wake: Notify,
+}
+
+/// The disk monitor of one node; cheap to clone.
+#[derive(Clone)]
+pub struct Disk {
+    inner: Arc<Inner>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Bytes for people: "41.0 MiB".
+pub fn human(bytes: u64) -> String {
+    format!(
+        "{:.1}",
+        Byte::from_u64(bytes).get_appropriate_unit(UnitType::Binary)
+    )
+}
+
+impl Disk {
+    /// A monitor for the data directory `dir`. A reserve file left by an
+    /// earlier run counts only if it has the configured size; otherwise it
+    /// is removed (and made again when space allows).
+    pub fn new(node_id: NodeId, dir: &Path, settings: DiskSettings, faults: Faults) -> Disk {
+        let reserve = dir.join(RESERVE_FILE);
+        let reserve_len = std::fs::metadata(&reserve).map(|m| m.len()).ok();
+        let reserve_present =
+            settings.reserve_bytes > 0 && reserve_len == Some(settings.reserve_bytes);
+        if reserve_len.is_some() && !reserve_present {
+            if let Err(error) = release_reserve(dir) {
+                tracing::warn!(%error, "cannot remove a reserve file of the wrong size");
+            }
+        }
+        Disk {
+            inner: Arc::new(Inner {
+                node_id,
+                dir: dir.to_path_buf(),
+                settings,
+                faults,
+                state: Mutex::new(State {
+                    space: Space::default(),
+                    staging_bytes: 0,
+                    measured: Instant::now(),
+                    low_since_ms: None,
+                    reserve_present,
+                    enter_low_pending: false,
+                    last_enospc: None,
+                    last_reclaim: None,
+                    reclaiming: false,
+                    reclaim_due: None,
+                }),
+                peers_low: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    /// The file system's space now (or the injected one, see `faults`).
+    pub fn measure(&self) -> std::io::Result<Space> {
+        let Some(limit) = self.inner.faults.disk_limit() else {
+            return statvfs(&self.inner.dir);
+        };
+        let free = limit.saturating_sub(dir_size(&self.inner.dir));
+        if let Some(budget) = self.inner.faults.space_limit() {
+            budget.set_remaining(Some(free));
+        }
+        Ok(Space { free, total: limit })
+    }
+
+    /// Free bytes at which low-space mode ends (see the module doc).
+    pub fn resume_at(&self) -> u64 {
+        let settings = &self.inner.settings;
+        let margin = (settings.low_watermark_bytes / 4).max(RESUME_MARGIN_BYTES_MIN);
+        settings.low_watermark_bytes + settings.reserve_bytes + margin
+    }
+
+    pub fn is_low(&self) -> bool {
+        self.inner.state.lock().low_since_ms.is_some()
+    }
+
+    /// Whether a write that adds about `bytes` to the disk may go ahead; if
+    /// not, the message for the client. Measures the file system afresh.
+    pub fn admit(&self, bytes: u64) -> Result<(), String> {
+        let measured = self.measure();
+        let mut state = self.inner.state.lock();
+        if let Ok(space) = measured {
+            state.space = space;
+            state.measured = Instant::now();
+        }
+        let low = state.low_since_ms.is_some();
+        let need = if low {
+            self.resume_at()
+        } else {
+            self.inner.settings.low_watermark_bytes + bytes
+        };
+        if !low && state.space.free >= need {
+            return Ok(());
+        }
+        if !low {
+            // Enter low-space mode (release the reserve, reclaim) now, not
+            // at the next tick: a write refused for space is low space even
+            // with a little more than the watermark free.
+            state.enter_low_pending = true;
+            self.inner.wake.notify_one();
+        }
+        Err(format!(
+            "disk full on node {}: {} free in {} (writes need {}); writes resume by themselves when space is freed",
+            self.inner.node_id,
+            human(state.space.free),
+            self.inner.dir.display(),
+            human(need),
+        ))
+    }
+
+    /// Records what peer `node` said of its disk.
+    pub fn peer_reported(&self, node: NodeId, low: bool) {
+        self.inner
+            .peers_low
+            .lock()
+            .insert(node, (low, Instant::now()));
+    }
+
+    /// [`Disk::admit`] on the leader: also refuses when so many `voters`
+    /// are low on space (as they said within [`PEER_REPORT_FRESH`]) that the
+    /// rest are no majority, since the entry could not commit.
+    pub fn admit_cluster(&self, bytes: u64, voters: &[NodeId]) -> Result<(), String> {
+        self.admit(bytes)?;
+        let low: Vec<NodeId> = {
+            let peers = self.inner.peers_low.lock();
+            voters
+                .iter()
+                .copied()
+                .filter(|id| {
+                    peers
+                        .get(id)
+                        .is_some_and(|(low, at)| *low && at.elapsed() < PEER_REPORT_FRESH)
+                })
+                .collect()
+        };
+        if voters.len() - low.len() > voters.len() / 2 {
+            return Ok(());
+        }
+        let names: Vec<String> = low.iter().map(|id| id.to_string()).collect();
+        Err(format!(
+            "disk full on node {}: a majority of voters cannot store new entries; \
+             writes resume by themselves when space is freed",
+            names.join(", node ")
+        ))
+    }
+
+    /// Makes the monitor check now (after a change it should see at once).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Records that a write met a full disk; the monitor releases the
+    /// reserve and enters low-space mode at once.
+    pub fn note_enospc(&self, what: impl std::fmt::Display) {
+        let what = what.to_string();
+        tracing::warn!(%what, "out of disk space");
+        {
+            let mut state = self.inner.state.lock();
+            state.enter_low_pending = true;
+            state.last_enospc = Some(DiskEvent {
+                at_ms: now_ms(),
+                what,
+            });
+        }
+        self.inner.wake.notify_one();
+    }
+
+    pub fn status(&self) -> DiskStatus {
+        let state = self.inner.state.lock();
+        let settings = &self.inner.settings;
+        DiskStatus {
+            node_id: self.inner.node_id,
+            path: self.inner.dir.display().to_string(),
+            free_bytes: state.space.free,
+            total_bytes: state.space.total,
+            staging_bytes: state.staging_bytes,
+            low_watermark_bytes: settings.low_watermark_bytes,
+            low_space: state.low_since_ms.is_some(),
+            low_space_since_ms: state.low_since_ms,
+            resume_at_free_bytes: self.resume_at(),
+            reserve_bytes: settings.reserve_bytes,
+            reserve_present: state.reserve_present,
+            last_enospc: state.last_enospc.clone(),
+            last_reclaim: state.last_reclaim.clone(),
+            injected_limit_bytes: self.inner.faults.disk_limit(),
+            measured_ms_ago: state.measured.elapsed().as_millis() as u64,
+        }
+    }
+
+    /// Measures the file system and moves between normal and low-space
+    /// mode, releasing or re-creating the reserve (blocking I/O). Returns
+    /// whether a reclaim pass should start now.
+    fn check(&self) -> bool {
+        let Some(space) = self.refresh() else {
+            return false;
+        };
+        let settings = &self.inner.settings;
+        let (entered, release) = {
+            let mut state = self.inner.state.lock();
+            let pending = std::mem::take(&mut state.enter_low_pending);
+            let entered = state.low_since_ms.is_none()
+                && (space.free < settings.low_watermark_bytes || pending);
+            if entered {
+                state.low_since_ms = Some(now_ms());
+                state.reclaim_due = Some(Instant::now());
+            }
+            (
+                entered,
+                state.low_since_ms.is_some() && state.reserve_present,
+            )
+        };
+        if entered {
+            tracing::warn!(
+                free = %human(space.free),
+                watermark = %human(settings.low_watermark_bytes),
+                "disk space low: refusing client writes and entries, releasing the reserve, reclaiming space"
+            );
+        }
+        if release {
+            match release_reserve(&self.inner.dir) {
+                Ok(()) => self.inner.state.lock().reserve_present = false,
+                Err(error) => tracing::error!(%error, "cannot release the disk reserve"),
+            }
+        }
+        self.recover_if_space();
+        let mut state = self.inner.state.lock();
+        let due = state.reclaim_due.is_some_and(|due| due <= Instant::now());
+        if state.low_since_ms.is_some() && due && !state.reclaiming {
+            state.reclaiming = true;
+            state.reclaim_due = Some(Instant::now() + RECLAIM_INTERVAL);
+            return true;
+        }
+        false
+    }
+
+    /// Measures and records the space and the size of `staging/`.
+    fn refresh(&self) -> Option<Space> {
+        let space = match self.measure() {
+            Ok(space) => space,
+            Err(error) => {
+                tracing::warn!(%error, dir = %self.inner.dir.display(), "cannot measure free disk space");
+                return None;
+            }
+        };
+        let staging = dir_size(&self.inner.dir.join(keel_store::datadir::STAGING_DIR));
+        let mut state = self.inner.state.lock();
+        state.space = space;
+        state.staging_bytes = staging;
+        state.measured = Instant::now();
+        Some(space)
+    }
+
+    /// With enough space free again, re-creates the reserve and leaves
+    /// low-space mode.
+    fn recover_if_space(&self) {
+        let Some(space) = self.refresh() else {
+            return;
+        };
+        let settings = &self.inner.settings;
+        let (low, present) = {
+            let state = self.inner.state.lock();
+            (state.low_since_ms.is_some(), state.reserve_present)
+        };
+        let reserve_wanted = settings.reserve_bytes > 0 && !present;
+        if space.free < self.resume_at() || !(low || reserve_wanted) {
+            return;
+        }
+        if reserve_wanted {
+            if let Err(error) = create_reserve(&self.inner.dir, settings.reserve_bytes) {
+                match error {
+                    StoreError::DiskFull { .. } => self.note_enospc(&error),
+                    _ => tracing::error!(%error, "cannot create the disk reserve"),
+                }
+                return;
+            }
+            self.inner.state.lock().reserve_present = true;
+        }
+        if low {
+            self.inner.state.lock().low_since_ms = None;
+            tracing::info!(free = %human(space.free), "disk space recovered: writes are admitted again");
+        }
+        self.refresh();
+    }
+
+    fn finish_reclaim(&self, reclaimed: Reclaimed) {
+        let mut state = self.inner.state.lock();
+        state.reclaiming = false;
+        state.last_reclaim = Some(reclaimed);
+    }
+}
+
+/// `statvfs(2)` of `path`: space available to unprivileged writers.
+fn statvfs(path: &Path) -> std::io::Result<Space> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `c_path` is NUL-terminated and `stats` is writable memory of
+    // the type statvfs fills.
+    if unsafe { libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: statvfs succeeded, so it initialised the struct.
+    let stats = unsafe { stats.assume_init() };
+    Ok(Space {
+        free: stats.f_bavail.saturating_mul(stats.f_frsize),
+        total: stats.f_blocks.saturating_mul(stats.f_frsize),
+    })
+}
+
+/// Writes `D/reserve` of `bytes` durably: allocated in `staging/`, fsynced,
+/// renamed into place, directory fsynced. A failure leaves no reserve.
+fn create_reserve(dir: &Path, bytes: u64) -> Result<(), StoreError> {
+    let staging = dir.join(keel_store::datadir::STAGING_DIR);
+    let mut file = StagingFile::create(&staging, RESERVE_FILE)?;
+    let path = file.path().to_path_buf();
+    let len = libc::off_t::try_from(bytes).map_err(|_| StoreError::TooLarge {
+        what: "disk reserve",
+        size: bytes,
+        limit: libc::off_t::MAX as u64,
+    })?;
+    // SAFETY: the descriptor belongs to the open staging file.
+    if unsafe { libc::fallocate(file.file().as_raw_fd(), 0, 0, len) } != 0 {
+        let error = std::io::Error::last_os_error();
+        let unsupported = matches!(
+            error.raw_os_error(),
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+        );
+        if !unsupported {
+            return Err(StoreError::io("allocate disk reserve", path, error));
+        }
+        // No preallocation here: written zeros take the space just as well.
+        let zeros = vec![0u8; ZEROS_BYTES];
+        let mut left = bytes;
+        while left > 0 {
+            let n = left.min(ZEROS_BYTES as u64) as usize;
+            file.file()
+                .write_all(&zeros[..n])
+                .map_err(|e| StoreError::io("write disk reserve", &path, e))?;
+            left -= n as u64;
+        }
+    }
+    file.persist(&dir.join(RESERVE_FILE))
+}
+
+/// Removes `D/reserve` durably (nothing to do when it is absent).
+fn release_reserve(dir: &Path) -> Result<(), StoreError> {
+    let path = dir.join(RESERVE_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => fsync_dir(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::io("remove disk reserve", path, e)),
+    }
+}
+
+/// Opens the store of a node. A start on a full disk (the store writes its
+/// `DIRTY` marker, and recovery may write) releases the reserve and tries
+/// once more: that is what the reserve is for.
+pub fn open_store(dir: &Path, options: StoreOptions) -> Result<Store, StoreError> {
+    match Store::open(dir, options.clone()) {
+        Err(StoreError::DiskFull { .. }) if dir.join(RESERVE_FILE).exists() => {
+            tracing::warn!(dir = %dir.display(), "disk full at start: releasing the reserve");
+            release_reserve(dir)?;
+            Store::open(dir, options)
+        }
+        other => other,
+    }
+}
+
+/// Removes files in `staging/` untouched for [`STAGING_STALE_AFTER`];
+/// returns how many and their bytes.
+fn remove_stale_staging(dir: &Path) -> std::io::Result<(u64, u64)> {
+    let staging = dir.join(keel_store::datadir::STAGING_DIR);
+    let (mut files, mut bytes) = (0, 0);
+    for entry in std::fs::read_dir(&staging)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        let age = meta.modified()?.elapsed().unwrap_or_default();
+        if !meta.is_file() || age < STAGING_STALE_AFTER {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => {
+                files += 1;
+                bytes += meta.len();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if files > 0 {
+        fsync_dir(&staging).map_err(std::io::Error::other)?;
+    }
+    Ok((files, bytes))
+}
+
+/// Drops retained checkpoints beyond the newest [`CHECKPOINTS_KEPT_WHEN_LOW`].
+fn drop_old_checkpoints(store: &Store) -> Result<u64, StoreError> {
+    let checkpoints = store.checkpoints();
+    let excess = checkpoints.len().saturating_sub(CHECKPOINTS_KEPT_WHEN_LOW);
+    if excess == 0 {
+        return Ok(0);
+    }
+    let old = checkpoints[..excess].iter().map(|c| c.sequence).collect();
+    store.forget_checkpoints(&old)?;
+    Ok(excess as u64)
+}
+
+impl Node {
+    /// The disk monitor.
+    pub fn disk(&self) -> &Disk {
+        &self.inner.disk
+    }
+
+    /// This node's disk: space, reserve, low-space mode, reclaim.
+    pub fn disk_status(&self) -> DiskStatus {
+        self.inner.disk.status()
+    }
+
+    /// Starts the monitor: a check every [`CHECK_INTERVAL`] (or at once
+    /// when a write was refused or met a full disk), reclaim passes while
+    /// space is low.
+    pub(crate) fn spawn_disk_monitor(&self) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut shutdown = node.shutdown_signal();
+            loop {
+                let disk = node.inner.disk.clone();
+                match tokio::task::spawn_blocking(move || disk.check()).await {
+                    Ok(true) => {
+                        let node = node.clone();
+                        tokio::spawn(async move {
+                            let reclaimed = node.reclaim_space().await;
+                            node.inner.disk.finish_reclaim(reclaimed);
+                        });
+                    }
+                    Ok(false) => {}
+                    Err(error) => tracing::error!(%error, "disk check failed"),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(CHECK_INTERVAL) => {}
+                    _ = node.inner.disk.inner.wake.notified() => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        });
+    }
+
+    /// One reclaim pass (see the module doc). Every step is attempted; what
+    /// fails is recorded and retried at the next pass.
+    async fn reclaim_space(&self) -> Reclaimed {
+        let started = Instant::now();
+        let disk = self.inner.disk.clone();
+        let mut reclaimed = Reclaimed {
+            free_before_bytes: disk.measure().map_or(0, |s| s.free),
+            log_bytes_before: self.inner.log.bytes(),
+            ..Reclaimed::default()
+        };
+        let dir = self.inner.config.data_dir.clone();
+        match tokio::task::spawn_blocking(move || remove_stale_staging(&dir)).await {
+            Ok(Ok((files, bytes))) => {
+                reclaimed.staging_files_removed = files;
+                reclaimed.staging_bytes_removed = bytes;
+            }
+            Ok(Err(error)) => reclaimed.problems.push(format!("staging: {error}")),
+            Err(error) => reclaimed.problems.push(format!("staging: {error}")),
+        }
+        // The snapshot comes first: it becomes the newest checkpoint, which
+        // is kept, and lets the log be purged up to it.
+        if let Err(error) = self.snapshot_and_purge().await {
+            reclaimed
+                .problems
+                .push(format!("snapshot and log purge: {error}"));
+        }
+        let store = self.inner.store.clone();
+        match tokio::task::spawn_blocking(move || drop_old_checkpoints(&store)).await {
+            Ok(Ok(dropped)) => reclaimed.checkpoints_dropped = dropped,
+            Ok(Err(error)) => reclaimed.problems.push(format!("checkpoints: {error}")),
+            Err(error) => reclaimed.problems.push(format!("checkpoints: {error}")),
+        }
+        let store = self.inner.store.clone();
+        match tokio::task::spawn_blocking(move || store.try_gc(false)).await {
+            Ok(Ok(Some(report))) => reclaimed.gc_bytes_reclaimed = report.bytes_reclaimed,
+            Ok(Ok(None)) => reclaimed
+                .problems
+                .push("garbage collection: skipped while a snapshot fetch holds new blobs".into()),
+            Ok(Err(error)) => reclaimed
+                .problems
+                .push(format!("garbage collection: {error}")),
+            Err(error) => reclaimed
+                .problems
+                .push(format!("garbage collection: {error}")),
+        }
+        reclaimed.log_bytes_after = self.inner.log.bytes();
+        reclaimed.free_after_bytes = disk.measure().map_or(0, |s| s.free);
+        reclaimed.elapsed_ms = started.elapsed().as_millis() as u64;
+        reclaimed.at_ms = now_ms();
+        tracing::info!(?reclaimed, "reclaimed disk space");
+        reclaimed
+    }
+}
