@@ -9,16 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use harness::{eventually, keel, Cluster, READY_TIMEOUT};
+use harness::{eventually, keel, serial, Cluster, READY_TIMEOUT};
 use keel_node::client::Client;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-
-/// One cluster at a time: three processes already fill two cores.
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
-}
 
 type Acked = Arc<Mutex<BTreeMap<String, String>>>;
 

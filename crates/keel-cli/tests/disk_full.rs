@@ -21,9 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{eventually, keel, seed, Cluster};
+use harness::{eventually, keel, seed, serial, Cluster};
 use keel_node::client::{Client, ClientError};
-use keel_node::health::diag::Verdict;
+use keel_node::health::diag::{Check, Verdict};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -149,6 +149,16 @@ async fn fill(clients: &[Client], seed: u64) -> Outcome {
     total
 }
 
+/// The `disk` check of a node's diagnostics.
+async fn disk_check(client: &Client) -> Check {
+    let diagnostics = client.node_diagnostics().await.unwrap();
+    diagnostics
+        .checks
+        .into_iter()
+        .find(|c| c.name == "disk")
+        .expect("a disk check")
+}
+
 fn fsck_clean(dir: &Path) {
     let output = keel()
         .args(["fsck", "--data-dir"])
@@ -176,12 +186,6 @@ async fn a_full_disk_refuses_writes_clearly_keeps_reads_and_recovers_by_itself()
 async fn a_full_disk_by_fault_injection_behaves_the_same() {
     let _serial = serial().await;
     full_disk(None).await;
-}
-
-/// One cluster at a time: three processes already fill two cores.
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
 }
 
 async fn full_disk(small_fs: Option<SmallFs>) {
@@ -283,12 +287,7 @@ async fn full_disk(small_fs: Option<SmallFs>) {
     // everywhere, never with a wrong value.
     let mut critical = 0;
     for client in &clients {
-        let diagnostics = client.node_diagnostics().await.unwrap();
-        let disk = diagnostics
-            .checks
-            .iter()
-            .find(|c| c.name == "disk")
-            .unwrap();
+        let disk = disk_check(client).await;
         if disk.verdict == Verdict::Critical {
             assert!(disk.summary.starts_with("disk full"), "{disk:#?}");
             critical += 1;
@@ -349,12 +348,7 @@ async fn full_disk(small_fs: Option<SmallFs>) {
     .await;
 
     for client in &clients {
-        let diagnostics = client.node_diagnostics().await.unwrap();
-        let disk = diagnostics
-            .checks
-            .iter()
-            .find(|c| c.name == "disk")
-            .unwrap();
+        let disk = disk_check(client).await;
         assert_ne!(disk.verdict, Verdict::Critical, "{disk:#?}");
     }
 

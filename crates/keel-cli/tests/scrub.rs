@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use harness::{eventually, keel, Cluster, READY_TIMEOUT};
+use harness::{eventually, keel, serial, Cluster, READY_TIMEOUT};
 use keel_node::client::{Client, ClientError};
 use keel_node::health::diag::Verdict;
 use keel_node::scrub::{ScrubStatus, Trigger, RECENT_REPAIRS_MAX};
@@ -27,12 +27,6 @@ const CONCURRENT_REQUESTS: usize = 32;
 const SCRUB_TIMEOUT: Duration = Duration::from_secs(180);
 
 type Model = BTreeMap<String, Vec<u8>>;
-
-/// One cluster at a time: three processes already fill two cores.
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    LOCK.lock().await
-}
 
 fn flags(flags: &[&str]) -> Vec<String> {
     flags.iter().map(|f| f.to_string()).collect()

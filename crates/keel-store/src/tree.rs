@@ -153,6 +153,17 @@ fn child_for_key(children: &[Child], key: &NameKey<'_>) -> Option<usize> {
 
 /// The entry `name` of the directory rooted at `root`.
 pub fn dir_get(objects: &Objects, root: &Link, name: &str) -> Result<Option<Entry>> {
+    dir_find(objects, root, name, |entry| entry.clone())
+}
+
+/// `found` applied to the entry `name` of the directory rooted at `root`
+/// (a descent through the branches to the one leaf that may hold it).
+fn dir_find<T>(
+    objects: &Objects,
+    root: &Link,
+    name: &str,
+    found: impl FnOnce(&Entry) -> T,
+) -> Result<Option<T>> {
     let key = NameKey::new(name);
     let mut cell = objects.resolve(root)?;
     loop {
@@ -162,7 +173,7 @@ pub fn dir_get(objects: &Objects, root: &Link, name: &str) -> Result<Option<Entr
                     .entries
                     .binary_search_by(|e| e.name.cmp_key(&key))
                     .ok()
-                    .map(|i| leaf.entries[i].clone()))
+                    .map(|i| found(&leaf.entries[i])))
             }
             Node::Branch(branch) => match child_for_key(&branch.children, &key) {
                 Some(i) => objects.resolve(&branch.children[i].link)?,
@@ -520,23 +531,7 @@ fn make_private<'a>(objects: &Objects, link: &'a mut Link) -> Result<&'a mut Nod
 
 /// Whether the directory rooted at `root` has an entry `name`.
 fn dir_contains(objects: &Objects, root: &Link, name: &str) -> Result<bool> {
-    let key = NameKey::new(name);
-    let mut cell = objects.resolve(root)?;
-    loop {
-        let next = match &cell.node {
-            Node::Leaf(leaf) => {
-                return Ok(leaf
-                    .entries
-                    .binary_search_by(|e| e.name.cmp_key(&key))
-                    .is_ok())
-            }
-            Node::Branch(branch) => match child_for_key(&branch.children, &key) {
-                Some(i) => objects.resolve(&branch.children[i].link)?,
-                None => return Ok(false),
-            },
-        };
-        cell = next;
-    }
+    Ok(dir_find(objects, root, name, |_| ())?.is_some())
 }
 
 /// The existing entry `name`, with every node on its path made private

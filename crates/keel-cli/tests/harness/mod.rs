@@ -385,6 +385,13 @@ impl Cluster {
     }
 }
 
+/// One cluster at a time within a test binary: three processes already
+/// fill two cores.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 /// A seed from `KEEL_TEST_SEED` or random, printed for replay.
 pub fn seed(test: &str) -> u64 {
     let seed = std::env::var("KEEL_TEST_SEED")
