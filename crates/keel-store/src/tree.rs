@@ -569,6 +569,21 @@ fn existing_entry_copied<'a>(
     }
 }
 
+/// Makes every node on the path to where `name` belongs private (the path
+/// [`insert_in_place`] takes).
+fn path_made_private(objects: &Objects, link: &mut Link, name: &str) -> Result<()> {
+    let mut link = link;
+    loop {
+        match make_private(objects, link)? {
+            Node::Leaf(_) => return Ok(()),
+            Node::Branch(branch) => {
+                let i = child_for(&branch.children, name).unwrap_or(branch.children.len() - 1);
+                link = &mut branch.children[i].link;
+            }
+        }
+    }
+}
+
 /// Inserts a new entry in place when that moves no boundary; gives the
 /// entry back otherwise. The caller knows the name is absent.
 fn insert_in_place(link: &mut Link, entry: Entry) -> Option<Entry> {
@@ -688,7 +703,11 @@ fn put_at(
         existing.revision = revision;
         return Ok(replaced);
     }
-    if last && private_node(dir).is_some() && dir_get(objects, dir, name)?.is_none() {
+    if last {
+        // A new name: copy the path to where it goes (as an overwrite does),
+        // then insert it in place unless that moves a boundary. A refused
+        // insert leaves only private copies of unchanged nodes behind.
+        path_made_private(objects, dir, name)?;
         let entry = Entry {
             name: Name::new(name),
             revision,
