@@ -89,6 +89,8 @@ enum Origin {
 
 struct Pending {
     txns: Vec<Txn>,
+    /// `txns.len()` when submitted (the transactions may move into an entry).
+    count: usize,
     origin: Origin,
     reply: oneshot::Sender<Result<Vec<TxnOutcome>, ProposeError>>,
 }
@@ -187,7 +189,7 @@ impl Routing {
     /// and waits until it is committed and applied.
     async fn commit_here(
         &self,
-        txns: Vec<Txn>,
+        txns: Arc<[Txn]>,
     ) -> Result<Vec<TxnOutcome>, Result<Option<NodeInfo>, ProposeError>> {
         let voters: Vec<NodeId> = self
             .raft
@@ -224,18 +226,31 @@ impl Routing {
         if let Some((_, leader)) = self.remote_leader() {
             return self.forward_batch(&leader, batch).await;
         }
-        let txns: Vec<Txn> = batch.iter().flat_map(|p| p.txns.iter().cloned()).collect();
-        match self.commit_here(txns).await {
+        // Moved, not copied, into the entry (shared from then on).
+        let mut batch = batch;
+        let txns: Arc<[Txn]> = batch
+            .iter_mut()
+            .flat_map(|p| std::mem::take(&mut p.txns))
+            .collect();
+        match self.commit_here(txns.clone()).await {
             Ok(outcomes) => answer(batch, Ok(outcomes)),
             Err(Err(error)) => answer(batch, Err(error)),
             // Leadership moved between the check above and the append.
             Err(Ok(None)) => answer(batch, Err(ProposeError::NoLeader)),
-            Err(Ok(Some(leader))) => self.forward_batch(&leader, batch).await,
+            Err(Ok(Some(leader))) => {
+                let mut rest = &txns[..];
+                for pending in &mut batch {
+                    let (own, after) = rest.split_at(pending.count);
+                    pending.txns = own.to_vec();
+                    rest = after;
+                }
+                self.forward_batch(&leader, batch).await
+            }
         }
     }
 
     async fn forward_batch(&self, leader: &NodeInfo, batch: Vec<Pending>) {
-        let (clients, followers): (Vec<Pending>, Vec<Pending>) =
+        let (mut clients, followers): (Vec<Pending>, Vec<Pending>) =
             batch.into_iter().partition(|p| p.origin == Origin::Client);
         answer(
             followers,
@@ -248,8 +263,8 @@ impl Routing {
             return;
         }
         let txns: Vec<Txn> = clients
-            .iter()
-            .flat_map(|p| p.txns.iter().cloned())
+            .iter_mut()
+            .flat_map(|p| std::mem::take(&mut p.txns))
             .collect();
         let outcomes = self.forward(leader, &txns).await;
         answer(clients, outcomes);
@@ -318,7 +333,7 @@ impl Routing {
 fn answer(batch: Vec<Pending>, outcomes: Result<Vec<TxnOutcome>, ProposeError>) {
     match outcomes {
         Ok(outcomes) => {
-            let expected: usize = batch.iter().map(|p| p.txns.len()).sum();
+            let expected: usize = batch.iter().map(|p| p.count).sum();
             if outcomes.len() != expected {
                 let error = ProposeError::Stopped(format!(
                     "{} outcomes for {expected} transactions",
@@ -328,7 +343,7 @@ fn answer(batch: Vec<Pending>, outcomes: Result<Vec<TxnOutcome>, ProposeError>) 
             }
             let mut outcomes = outcomes.into_iter();
             for pending in batch {
-                let share = outcomes.by_ref().take(pending.txns.len()).collect();
+                let share = outcomes.by_ref().take(pending.count).collect();
                 let _ = pending.reply.send(Ok(share));
             }
         }
@@ -395,6 +410,7 @@ impl Proposer {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Pending {
+                count: txns.len(),
                 txns,
                 origin,
                 reply,

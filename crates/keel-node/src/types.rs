@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::io::Cursor;
+use std::sync::Arc;
 
 use keel_store::{Hash, Txn, TxnOutcome};
 use serde::{Deserialize, Serialize};
@@ -25,8 +26,10 @@ impl fmt::Display for NodeInfo {
 /// membership entries). Applying one is deterministic on every replica.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    /// Client transactions, batched: each gets its own revision.
-    Txns(Vec<Txn>),
+    /// Client transactions, batched: each gets its own revision. Shared:
+    /// the leader reads each entry once per follower and once to apply, and
+    /// a deep copy per read cost more than the rest of the log store.
+    Txns(Arc<[Txn]>),
     /// Take the next never-used node id (for a joining node).
     AllocateNodeId,
     /// Record the cluster's identity and join token (once, at bootstrap).
