@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use harness::{eventually, keel, seed, serial, Cluster};
+use harness::{eventually, seed, serial, Cluster};
 use keel_node::client::{Client, ClientError};
 use keel_node::health::diag::{Check, Verdict};
 use rand::{Rng, SeedableRng};
@@ -157,21 +157,6 @@ async fn disk_check(client: &Client) -> Check {
         .into_iter()
         .find(|c| c.name == "disk")
         .expect("a disk check")
-}
-
-fn fsck_clean(dir: &Path) {
-    let output = keel()
-        .args(["fsck", "--data-dir"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "fsck of {} found problems:\n{}{}",
-        dir.display(),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -366,7 +351,7 @@ async fn full_disk(small_fs: Option<SmallFs>) {
         member.stop();
     }
     for member in &cluster.members {
-        fsck_clean(&member.dir);
+        harness::fsck_clean(&member.dir);
         let staging = member.dir.join(keel_store::datadir::STAGING_DIR);
         let left = std::fs::read_dir(&staging).map_or(0, |d| d.count());
         assert_eq!(left, 0, "files left in {}", staging.display());

@@ -173,21 +173,6 @@ fn assert_no_panic(cluster: &Cluster) {
     }
 }
 
-fn fsck_is_clean(dir: &Path) {
-    let output = keel()
-        .args(["fsck", "--data-dir"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "fsck after repair: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn damaged_blobs_on_one_node_are_repaired_from_peers() {
     let _serial = serial().await;
@@ -313,7 +298,7 @@ async fn damaged_blobs_on_one_node_are_repaired_from_peers() {
     .await;
     read_all(&client, &model, model.keys(), "after the scrub").await;
     cluster.members[node].stop();
-    fsck_is_clean(&dir);
+    harness::fsck_clean(&dir);
     assert_no_panic(&cluster);
 }
 

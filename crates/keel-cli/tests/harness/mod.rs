@@ -385,6 +385,22 @@ impl Cluster {
     }
 }
 
+/// Asserts that `keel fsck` finds the store in `dir` clean (exit 0).
+pub fn fsck_clean(dir: &Path) {
+    let output = keel()
+        .args(["fsck", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "fsck of {} found problems:\n{}{}",
+        dir.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// One cluster at a time within a test binary: three processes already
 /// fill two cores.
 pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
