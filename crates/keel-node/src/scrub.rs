@@ -628,7 +628,8 @@ impl Scrubber {
         status.recent_repairs.push(repair);
     }
 
-    /// Runs a read of this node's store (on a blocking thread). When it
+    /// Runs a read of this node's store: here if everything it needs is in
+    /// memory (see [`keel_store::resident`]), else on a blocking thread. When it
     /// meets a damaged blob, repairs that blob from `peers` and reads again,
     /// up to [`READ_REPAIR_BLOBS_MAX`] blobs within [`READ_REPAIR_TIMEOUT`]
     /// (a value with several damaged chunks needs one round each). A blob
@@ -647,11 +648,18 @@ impl Scrubber {
         let deadline = Instant::now() + READ_REPAIR_TIMEOUT;
         let mut repaired = Vec::new();
         loop {
-            let attempt = read.clone();
-            let error = match tokio::task::spawn_blocking(move || attempt()).await {
-                Ok(Ok(value)) => return Ok(value),
-                Ok(Err(error)) => error,
-                Err(error) => return Err(ReadError::Failed(error.to_string())),
+            let attempt = match keel_store::resident::resident(|| read()) {
+                Some(attempt) => attempt,
+                None => {
+                    let read = read.clone();
+                    tokio::task::spawn_blocking(move || read())
+                        .await
+                        .map_err(|error| ReadError::Failed(error.to_string()))?
+                }
+            };
+            let error = match attempt {
+                Ok(value) => return Ok(value),
+                Err(error) => error,
             };
             let Some((blob, damage)) = Damage::of(&error) else {
                 return Err(ReadError::Store(error));

@@ -121,6 +121,11 @@ pub enum StoreError {
     /// A store opened read-only was asked to write.
     #[error("store is open read-only")]
     ReadOnly,
+
+    /// Inside [`crate::resident::resident`]: the read needs the disk (never
+    /// seen outside it).
+    #[error("the data is not in memory")]
+    NotResident,
 }
 
 impl StoreError {

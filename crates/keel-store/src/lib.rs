@@ -9,6 +9,7 @@
 //! - [`frame`]: checksummed records, and the scan that finds where valid data ends;
 //! - [`segment`]: numbered append-only files with latched I/O errors (a full
 //!   disk is cut back cleanly instead, see [`space`] for its test seam);
+//!   [`resident`] makes its reads fail rather than wait for the disk;
 //! - [`pack`]: blobs by BLAKE3 hash, commit records, hints, compaction;
 //! - [`object`] and [`tree`]: directory HAMTs, chunked values, persistent updates;
 //! - [`checkpoint`]: the durable history of named roots, with retention;
@@ -30,6 +31,7 @@ pub mod hash;
 pub mod key;
 pub mod object;
 pub mod pack;
+pub mod resident;
 pub mod segment;
 pub mod space;
 pub mod store;

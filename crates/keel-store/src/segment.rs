@@ -30,6 +30,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::error::{IoContext, Result, StoreError};
 use crate::fsutil::{create_dir_durable, fsync_dir};
+use crate::resident::ReadError;
 use crate::space::{self, SpaceLimit};
 
 /// Whether a log may be written.
@@ -177,10 +178,11 @@ impl SegmentLog {
             return Ok(None);
         };
         let mut buf = vec![0u8; len];
-        match file.read_exact_at(&mut buf, offset) {
+        match crate::resident::read_exact_at(&file, &mut buf, offset) {
             Ok(()) => Ok(Some(buf)),
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-            Err(e) => Err(StoreError::io("read segment", self.path_of(id), e)),
+            Err(ReadError::NotResident) => Err(StoreError::NotResident),
+            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(ReadError::Io(e)) => Err(StoreError::io("read segment", self.path_of(id), e)),
         }
     }
 

@@ -434,3 +434,51 @@ fn removing_a_multi_level_boundary_keeps_reused_siblings() {
         .collect();
     assert_eq!(keys, vec!["d0/s/x3"]);
 }
+
+/// A read that must not wait for the disk either gives up (`None`) or gives
+/// exactly what a normal read gives; once the nodes it needs are cached, a
+/// read of an inline value needs no file at all and always succeeds.
+#[test]
+fn resident_reads_agree_with_normal_reads_and_never_wait_for_cached_nodes() {
+    use keel_store::resident::resident;
+    let dir = tempfile::tempdir().unwrap();
+    let store = new_store(dir.path());
+    let key = |i: usize| format!("dir{}/key{i:05}", i % 7);
+    let value = |i: usize| -> Vec<u8> {
+        // Every 50th value is too large to be inline: a blob of its own.
+        let len = if i.is_multiple_of(50) {
+            8 * 1024
+        } else {
+            1 + i % 300
+        };
+        (0..len).map(|j| (i * 31 + j) as u8).collect()
+    };
+    let txns: Vec<Txn> = (0..2_000).map(|i| Txn::put(key(i), value(i))).collect();
+    store.commit(&txns).unwrap();
+    drop(store);
+    // Reopened: no directory node is cached.
+    let store = Store::open(dir.path(), StoreOptions::default()).unwrap();
+    let snapshot = store.snapshot();
+    let mut served = 0;
+    for i in 0..2_000 {
+        if let Some(read) = resident(|| snapshot.get_value(&key(i))) {
+            assert_eq!(read.unwrap().unwrap(), value(i), "{}", key(i));
+            served += 1;
+        }
+    }
+    eprintln!("cold node cache: {served} of 2000 reads served from memory");
+    for i in 0..2_000 {
+        assert_eq!(snapshot.get_value(&key(i)).unwrap().unwrap(), value(i));
+    }
+    for i in (0..2_000usize).filter(|i| !i.is_multiple_of(50)) {
+        let read = resident(|| snapshot.get_value(&key(i))).unwrap_or_else(|| {
+            panic!(
+                "{}: an inline value under cached nodes needs no file",
+                key(i)
+            )
+        });
+        assert_eq!(read.unwrap().unwrap(), value(i));
+    }
+    let missing = resident(|| snapshot.get_value("dir1/absent")).expect("cached nodes");
+    assert_eq!(missing.unwrap(), None);
+}
