@@ -456,8 +456,13 @@ struct ReadWaiter {
     reply: oneshot::Sender<Result<Option<u64>, ProposeError>>,
 }
 
-/// Read-index rounds running at once, at most.
-pub const READ_ROUNDS_IN_FLIGHT_MAX: usize = 2;
+/// Read-index rounds running at once, at most. A round costs the leader a
+/// heartbeat to every follower, and a follower a request to the leader, so
+/// one round at a time, shared by every read that queued meanwhile (as
+/// etcd does), serves more reads per CPU than overlapping rounds: with two,
+/// 64 reading clients got 10-20% fewer reads per second in the cluster
+/// benchmark, and no better latency.
+pub const READ_ROUNDS_IN_FLIGHT_MAX: usize = 1;
 
 impl ReadBarrier {
     pub fn start(routing: Routing) -> ReadBarrier {
