@@ -548,10 +548,14 @@ async fn run_system<H: KvHandle>(
     })
 }
 
-/// One HTTP client for every Keel client task: keep-alive, pooled.
+/// One HTTP client for every Keel client task: HTTP/2 without upgrade, so
+/// the tasks share one connection per node, as etcd's clients share one
+/// gRPC connection per endpoint (HTTP/1, one connection per task, cost
+/// more CPU per request on both sides).
 fn shared_http(clients: usize) -> anyhow::Result<reqwest::Client> {
     Ok(reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
+        .http2_prior_knowledge()
         .tcp_nodelay(true)
         .connect_timeout(Duration::from_secs(5))
         .build()?)
