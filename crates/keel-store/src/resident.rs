@@ -67,8 +67,10 @@ pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> Result<
     if read < 0 {
         let error = io::Error::last_os_error();
         return Err(match error.raw_os_error() {
-            // Would wait for the disk, or the file system cannot say.
-            Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS) => {
+            // Would wait for the disk, or the file system cannot say, or a
+            // signal came: the blocking read tries again (and reports any
+            // real error with its context).
+            Some(libc::EAGAIN | libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS | libc::EINTR) => {
                 ReadError::NotResident
             }
             _ => ReadError::Io(error),
