@@ -550,32 +550,21 @@ fn existing_entry_copied<'a>(
     if !dir_contains(objects, link, name)? {
         return Ok(None);
     }
-    let mut link = link;
-    loop {
-        match make_private(objects, link)? {
-            Node::Leaf(leaf) => {
-                let i = leaf
-                    .entries
-                    .binary_search_by(|e| e.name.as_str().cmp(name))
-                    .expect("dir_contains found the name on this path");
-                return Ok(Some(&mut leaf.entries[i]));
-            }
-            Node::Branch(branch) => {
-                let i = child_for(&branch.children, name)
-                    .expect("dir_contains found the name on this path");
-                link = &mut branch.children[i].link;
-            }
-        }
-    }
+    let leaf = private_leaf(objects, link, name)?;
+    let i = leaf
+        .entries
+        .binary_search_by(|e| e.name.as_str().cmp(name))
+        .expect("dir_contains found the name on this path");
+    Ok(Some(&mut leaf.entries[i]))
 }
 
-/// Makes every node on the path to where `name` belongs private (the path
-/// [`insert_in_place`] takes).
-fn path_made_private(objects: &Objects, link: &mut Link, name: &str) -> Result<()> {
+/// Makes every node on the path to where `name` is or belongs private (the
+/// path [`insert_in_place`] takes) and returns the leaf at its end.
+fn private_leaf<'a>(objects: &Objects, link: &'a mut Link, name: &str) -> Result<&'a mut Leaf> {
     let mut link = link;
     loop {
         match make_private(objects, link)? {
-            Node::Leaf(_) => return Ok(()),
+            Node::Leaf(leaf) => return Ok(leaf),
             Node::Branch(branch) => {
                 let i = child_for(&branch.children, name).unwrap_or(branch.children.len() - 1);
                 link = &mut branch.children[i].link;
@@ -711,7 +700,7 @@ fn put_at(
         // A new name: copy the path to where it goes (as an overwrite does),
         // then insert it in place unless that moves a boundary. A refused
         // insert leaves only private copies of unchanged nodes behind.
-        path_made_private(objects, dir, name)?;
+        private_leaf(objects, dir, name)?;
         let entry = Entry {
             name: Name::new(name),
             revision,
