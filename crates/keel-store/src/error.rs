@@ -122,6 +122,12 @@ pub enum StoreError {
     #[error("store is open read-only")]
     ReadOnly,
 
+    /// An apply failed partway (a local failure) after editing the writer's
+    /// tree in place; the store takes no more changes until it is reopened,
+    /// which recovers it from its last flushed commit.
+    #[error("the store refuses changes after an apply failed partway ({reason}); restart the node to recover from its last flushed state")]
+    Abandoned { reason: String },
+
     /// Inside [`crate::resident::resident`]: the read needs the disk (never
     /// seen outside it).
     #[error("the data is not in memory")]

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -191,6 +192,15 @@ struct Inner {
     config: StoreConfig,
     options: StoreOptions,
     head: ArcSwap<Head>,
+    /// The writer changed its tree since it last published it. Readers
+    /// publish on demand ([`Store::snapshot`]) rather than every apply: a
+    /// published tree is shared, and the writer must copy every node of it
+    /// it edits next, while an unpublished one is edited in place.
+    head_stale: AtomicBool,
+    /// The writer's revision, published or not.
+    revision: AtomicU64,
+    /// Why the writer's tree was abandoned (see [`StoreError::Abandoned`]).
+    abandoned: Mutex<Option<String>>,
     writer: Mutex<Writer>,
     checkpoints: Mutex<CheckpointLog>,
     gc_gate: GcGate,
@@ -290,6 +300,9 @@ impl Store {
                 root: root.clone(),
                 revision,
             }),
+            head_stale: AtomicBool::new(false),
+            revision: AtomicU64::new(revision),
+            abandoned: Mutex::new(None),
             writer: Mutex::new(Writer {
                 root,
                 revision,
@@ -357,11 +370,18 @@ impl Store {
 
     /// The current revision (including applied but not yet flushed changes).
     pub fn revision(&self) -> u64 {
-        self.inner.head.load().revision
+        self.inner.revision.load(Ordering::Acquire)
     }
 
-    /// A consistent read view of the current state.
+    /// A consistent read view of the current state: everything applied
+    /// before the call.
     pub fn snapshot(&self) -> Snapshot {
+        if self.inner.head_stale.load(Ordering::Acquire) {
+            let writer = self.inner.writer.lock();
+            if self.inner.head_stale.load(Ordering::Acquire) {
+                self.publish(&writer);
+            }
+        }
         let head = self.inner.head.load_full();
         Snapshot {
             store: self.clone(),
@@ -413,8 +433,13 @@ impl Store {
     /// Applies transactions to the in-memory tree, in order; each successful
     /// one that changes something gets the next revision. Not durable until
     /// [`Store::flush`]. Deterministic rejections are outcomes, not errors;
-    /// an `Err` means a local failure (I/O, damaged data, a full disk), and
-    /// then none of `txns` is applied.
+    /// an `Err` means a local failure (I/O, damaged data, a full disk).
+    /// The writer edits its tree in place, so after an `Err` the store keeps
+    /// no undo: readers keep the state published before the failure, and
+    /// the store refuses changes ([`StoreError::Abandoned`]) until it is
+    /// reopened from its last flushed commit. A replica's Raft stops at a
+    /// failed apply anyway, and replays its log on restart. (Keeping an undo
+    /// meant sharing the tree, so every batch copied every node it touched.)
     pub fn apply(&self, txns: &[Txn]) -> Result<Vec<TxnOutcome>> {
         self.apply_recording(txns, None)
     }
@@ -428,18 +453,25 @@ impl Store {
     ) -> Result<Vec<TxnOutcome>> {
         self.check_writable()?;
         let mut writer = self.inner.writer.lock();
-        let before = writer.unflushed();
+        // Under the lock: another apply may have failed while this waited.
+        self.check_writable()?;
         let mut recorded = Vec::new();
         match self.apply_locked(&mut writer, txns, &mut recorded) {
             Ok(outcomes) => {
                 if let Some(sink) = events {
                     sink.append(&mut recorded);
                 }
-                self.publish(&writer);
+                self.inner
+                    .revision
+                    .store(writer.revision, Ordering::Release);
+                self.inner.head_stale.store(true, Ordering::Release);
                 Ok(outcomes)
             }
             Err(error) => {
-                writer.restore(before);
+                tracing::error!(%error, "an apply failed partway; the store takes no more changes until it is reopened");
+                *self.inner.abandoned.lock() = Some(error.to_string());
+                // Readers keep the last published state.
+                self.inner.head_stale.store(false, Ordering::Release);
                 Err(error)
             }
         }
@@ -470,6 +502,10 @@ impl Store {
             root: writer.root.clone(),
             revision: writer.revision,
         }));
+        self.inner
+            .revision
+            .store(writer.revision, Ordering::Release);
+        self.inner.head_stale.store(false, Ordering::Release);
     }
 
     fn apply_one(
@@ -679,6 +715,10 @@ impl Store {
                 }
             }
         }
+        // Readers must not wait for the flush to publish what was applied.
+        if self.inner.head_stale.load(Ordering::Acquire) {
+            self.publish(writer);
+        }
         let mut batch = PackBatch::new();
         let root = tree::flush(objects, &writer.root, &mut batch);
         let commit = CommitRecord {
@@ -703,6 +743,8 @@ impl Store {
     pub fn commit(&self, txns: &[Txn]) -> Result<Vec<TxnOutcome>> {
         self.check_writable()?;
         let mut writer = self.inner.writer.lock();
+        // Undone exactly on an error: holding `before` shares the tree, so
+        // the batch copies whatever it edits.
         let before = writer.unflushed();
         let committed = self
             .apply_locked(&mut writer, txns, &mut Vec::new())
@@ -963,7 +1005,8 @@ impl Store {
         let objects = &self.inner.objects;
         let writer = self.inner.writer.lock();
         objects.pack.ensure_head_in_active()?;
-        let mut roots = vec![writer.root.clone()];
+        // The published head too: readers may hold it, and it may be older.
+        let mut roots = vec![writer.root.clone(), self.inner.head.load().root.clone()];
         if let Some(last) = objects.pack.last_commit() {
             roots.push(Link::Stored(last.root));
         }
@@ -1032,6 +1075,9 @@ impl Store {
     fn check_writable(&self) -> Result<()> {
         if self.inner.options.read_only {
             return Err(StoreError::ReadOnly);
+        }
+        if let Some(reason) = self.inner.abandoned.lock().clone() {
+            return Err(StoreError::Abandoned { reason });
         }
         Ok(())
     }

@@ -2,10 +2,13 @@
 
 mod common;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use common::{new_store, noise, small_options, NoiseReader};
 use keel_store::{
-    EntryValue, ItemKind, Op, Retention, Store, StoreError, StoreOptions, Txn, TxnOutcome,
+    Durability, EntryValue, ItemKind, Op, Retention, SpaceLimit, Store, StoreError, StoreOptions,
+    Txn, TxnOutcome,
 };
 
 fn put(store: &Store, key: &str, value: &[u8]) -> TxnOutcome {
@@ -481,4 +484,78 @@ fn resident_reads_agree_with_normal_reads_and_never_wait_for_cached_nodes() {
     }
     let missing = resident(|| snapshot.get_value("dir1/absent")).expect("cached nodes");
     assert_eq!(missing.unwrap(), None);
+}
+
+#[test]
+fn readers_see_every_apply_and_keep_their_snapshot_while_the_writer_edits_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = new_store(dir.path());
+    let batch = |round: u64| -> Vec<Txn> {
+        (0..200)
+            .map(|i| Txn::put(format!("d/{i:04}"), format!("{round}-{i}")))
+            .collect()
+    };
+    store.apply(&batch(0)).unwrap();
+    let first = store.snapshot();
+    // Unpublished batches are edited in place; a reader's snapshot must not
+    // see them, and a new snapshot must see all of them.
+    store.apply(&batch(1)).unwrap();
+    store.apply(&batch(2)).unwrap();
+    assert_eq!(store.revision(), 600);
+    let third = store.snapshot();
+    store.apply(&batch(3)).unwrap();
+    for i in [0, 77, 199] {
+        let key = format!("d/{i:04}");
+        assert_eq!(first.get_value(&key).unwrap().unwrap(), format!("0-{i}"));
+        assert_eq!(third.get_value(&key).unwrap().unwrap(), format!("2-{i}"));
+        assert_eq!(
+            store.snapshot().get_value(&key).unwrap().unwrap(),
+            format!("3-{i}")
+        );
+    }
+    assert_eq!((first.revision(), third.revision()), (200, 600));
+}
+
+#[test]
+fn a_failed_apply_keeps_the_published_state_and_refuses_changes_until_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let limit = Arc::new(SpaceLimit::default());
+    let options = StoreOptions {
+        space_limit: Some(limit.clone()),
+        ..StoreOptions::default()
+    };
+    let store = Store::init(dir.path(), options.clone()).unwrap();
+    store.commit(&[Txn::put("flushed", "1")]).unwrap();
+    store.apply(&[Txn::put("published", "2")]).unwrap();
+    let published = store.snapshot();
+    store.apply(&[Txn::put("unpublished", "3")]).unwrap();
+    // The second put's value is stored as a blob, and the disk is full.
+    limit.set_remaining(Some(0));
+    let failed = store.apply(&[Txn::put("partial", "4"), Txn::put("big", noise(1, 5000))]);
+    assert!(
+        matches!(failed, Err(StoreError::DiskFull { .. })),
+        "{failed:?}"
+    );
+    limit.set_remaining(None);
+    // Readers keep the last published state, never the half-applied one.
+    let now = store.snapshot();
+    assert_eq!(now.revision(), published.revision());
+    assert_eq!(now.get_value("published").unwrap().unwrap(), "2");
+    assert!(now.get("unpublished").unwrap().is_none());
+    assert!(now.get("partial").unwrap().is_none());
+    for refused in [
+        store.apply(&[Txn::put("later", "5")]).map(|_| ()),
+        store.commit(&[Txn::put("later", "5")]).map(|_| ()),
+        store.flush(Durability::Sync, None).map(|_| ()),
+    ] {
+        let error = refused.unwrap_err();
+        assert!(matches!(error, StoreError::Abandoned { .. }), "{error:?}");
+        assert!(error.to_string().contains("restart"), "{error}");
+    }
+    drop((store, now, published));
+    // Reopened: the last flushed state, writable again.
+    let store = Store::open(dir.path(), options).unwrap();
+    assert_eq!(store.snapshot().get_value("flushed").unwrap().unwrap(), "1");
+    assert!(store.get("published").unwrap().is_none());
+    store.commit(&[Txn::put("later", "5")]).unwrap();
 }
