@@ -54,22 +54,21 @@ pub struct Value {
     pub store_revision: u64,
 }
 
-fn path_escape(key: &str) -> String {
-    key.trim_start_matches('/')
-        .split('/')
-        .map(|segment| {
-            segment
-                .bytes()
-                .map(|b| match b {
-                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                        (b as char).to_string()
-                    }
-                    _ => format!("%{b:02X}"),
-                })
-                .collect::<String>()
-        })
-        .collect::<Vec<_>>()
-        .join("/")
+/// The URL path of `key` under `/v1/kv/`: each byte outside the unreserved
+/// set percent-escaped, segments still separated by `/`.
+pub fn path_escape(key: &str) -> String {
+    use std::fmt::Write;
+    let key = key.trim_start_matches('/');
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(char::from(b))
+            }
+            _ => write!(out, "%{b:02X}").expect("writing to a String cannot fail"),
+        }
+    }
+    out
 }
 
 impl Client {
@@ -448,5 +447,17 @@ impl Client {
         )
         .await
         .map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::path_escape;
+
+    #[test]
+    fn key_paths_keep_slashes_and_escape_everything_else_outside_the_unreserved_set() {
+        assert_eq!(path_escape("bench/0000012345"), "bench/0000012345");
+        assert_eq!(path_escape("/a b/c%d/é"), "a%20b/c%25d/%C3%A9");
+        assert_eq!(path_escape("x?y#z"), "x%3Fy%23z");
     }
 }
