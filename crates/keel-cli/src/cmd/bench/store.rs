@@ -1,13 +1,16 @@
 //! `keel bench store`: the local store on this machine. Reports durable single-key commits/s, batched puts/s (1,000 puts per
-//! durable commit), single-thread gets/s, and the bytes written to disk per
-//! single-key commit into a store of 1,000,000 keys (from /proc/self/io).
+//! durable commit), single-thread gets/s, a replica's applies/s (random
+//! puts in batches, flushed as a node flushes), and the bytes written to
+//! disk per single-key commit into a store of 1,000,000 keys (from
+//! /proc/self/io).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Args;
-use keel_store::{Op, Store, StoreOptions, Txn};
+use keel_node::state_machine::FLUSH_OPS_MAX;
+use keel_store::{Durability, Op, Store, StoreOptions, Txn};
 
 use crate::output::Output;
 
@@ -25,6 +28,9 @@ pub struct StoreBenchArgs {
     /// Gets to time.
     #[arg(long, default_value_t = 2_000_000)]
     pub gets: u64,
+    /// Random puts to apply as a replica does (in batches, not synced).
+    #[arg(long, default_value_t = 300_000)]
+    pub applies: u64,
     /// Keys in the large store used for bytes-per-commit.
     #[arg(long, default_value_t = 1_000_000)]
     pub large_keys: u64,
@@ -41,6 +47,7 @@ struct Report {
     single_key_commit_p99_us: f64,
     batched_puts_per_sec: f64,
     gets_per_sec: f64,
+    replica_applies_per_sec: f64,
     large_store_keys: u64,
     large_store_load_secs: f64,
     bytes_written_per_commit_in_large_store: u64,
@@ -75,6 +82,43 @@ fn written_bytes() -> u64 {
                 .flatten()
         })
         .unwrap_or(0)
+}
+
+/// Transactions per applied batch: a Raft entry in the cluster benchmark
+/// holds 11 to 18.
+const APPLY_BATCH: u64 = 12;
+
+/// Puts to random existing keys, applied in batches and flushed (not
+/// synced) every [`FLUSH_OPS_MAX`] operations, as a node's state machine
+/// does under load; the flushes are part of the time.
+fn replica_applies(store: &Store, keys: u64, args: &StoreBenchArgs) -> anyhow::Result<f64> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut applied = 0;
+    let mut since_flush = 0;
+    let started = Instant::now();
+    while applied < args.applies {
+        let batch: Vec<Txn> = (0..APPLY_BATCH)
+            .map(|i| {
+                // xorshift: cheap, and the same keys on every run
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                Txn::put(
+                    format!("bench/k{:09}", x % keys),
+                    value(args.value_bytes, applied + i),
+                )
+            })
+            .collect();
+        store.apply(&batch)?;
+        applied += APPLY_BATCH;
+        since_flush += APPLY_BATCH;
+        if since_flush >= FLUSH_OPS_MAX {
+            store.flush(Durability::Buffered, None)?;
+            since_flush = 0;
+        }
+    }
+    store.flush(Durability::Buffered, None)?;
+    Ok(applied as f64 / started.elapsed().as_secs_f64())
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -139,6 +183,9 @@ pub fn run(args: &StoreBenchArgs, out: Output) -> anyhow::Result<()> {
     let gets_per_sec = args.gets as f64 / started.elapsed().as_secs_f64();
     anyhow::ensure!(found == args.gets, "every benchmark key must be found");
     drop(view);
+
+    progress("replica applies (random puts, 12 per batch)");
+    let applies_per_sec = replica_applies(&store, keys, args)?;
     drop(store);
 
     progress(&format!("loading {} keys", args.large_keys));
@@ -183,6 +230,7 @@ pub fn run(args: &StoreBenchArgs, out: Output) -> anyhow::Result<()> {
         single_key_commit_p99_us: percentile(&latencies, 0.99),
         batched_puts_per_sec: batched_per_sec,
         gets_per_sec,
+        replica_applies_per_sec: applies_per_sec,
         large_store_keys: args.large_keys,
         large_store_load_secs: load_secs,
         bytes_written_per_commit_in_large_store: per_commit,
@@ -193,12 +241,14 @@ pub fn run(args: &StoreBenchArgs, out: Output) -> anyhow::Result<()> {
             "durable single-key commits: {:>10.0}/s (p50 {:.0} us, p99 {:.0} us)\n\
              batched puts (1,000/commit): {:>10.0}/s\n\
              gets (one thread):           {:>10.0}/s\n\
+             replica applies (12/batch):  {:>10.0}/s\n\
              {} keys loaded in {:.1} s; single-key commit into it: {} bytes written, {:.0} commits/s",
             report.single_key_commits_per_sec,
             report.single_key_commit_p50_us,
             report.single_key_commit_p99_us,
             report.batched_puts_per_sec,
             report.gets_per_sec,
+            report.replica_applies_per_sec,
             report.large_store_keys,
             report.large_store_load_secs,
             report.bytes_written_per_commit_in_large_store,
