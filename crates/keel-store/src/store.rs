@@ -451,7 +451,6 @@ impl Store {
         txns: &[Txn],
         events: Option<&mut Vec<ChangeEvent>>,
     ) -> Result<Vec<TxnOutcome>> {
-        self.check_writable()?;
         let mut writer = self.inner.writer.lock();
         // Under the lock: another apply may have failed while this waited.
         self.check_writable()?;
