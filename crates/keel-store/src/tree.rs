@@ -529,44 +529,41 @@ fn make_private<'a>(objects: &Objects, link: &'a mut Link) -> Result<&'a mut Nod
     Ok(private_node(link).expect("a node just copied is private"))
 }
 
-/// Whether the directory rooted at `root` has an entry `name`.
-fn dir_contains(objects: &Objects, root: &Link, name: &str) -> Result<bool> {
-    Ok(dir_find(objects, root, name, |_| ())?.is_some())
-}
-
 /// The existing entry `name`, with every node on its path made private
 /// (path copying: each flushed or shared node on the way is copied once).
 /// Editing the entry's value or revision then changes only this tree, and
 /// keeps its shape canonical: boundaries depend on names and counts alone,
-/// and neither changes. `None`, with nothing copied, when `name` is absent.
+/// and neither changes. `None` when `name` is absent; the path to where it
+/// belongs is private then too, ready for [`insert_in_place`].
 ///
 /// This is the cheap path for the commonest write, an overwrite: it copies
 /// O(depth) nodes where a rebuild (`update`) streams every item of them.
+/// It descends once: a lookup first and a copying descent after it walked
+/// the same path twice, and the first walk's cache misses were most of an
+/// apply's time.
 fn existing_entry_copied<'a>(
     objects: &Objects,
     link: &'a mut Link,
     name: &str,
 ) -> Result<Option<&'a mut Entry>> {
-    if !dir_contains(objects, link, name)? {
-        return Ok(None);
-    }
-    let leaf = private_leaf(objects, link, name)?;
-    let i = leaf
+    let key = NameKey::new(name);
+    let leaf = private_leaf(objects, link, &key)?;
+    Ok(leaf
         .entries
-        .binary_search_by(|e| e.name.as_str().cmp(name))
-        .expect("dir_contains found the name on this path");
-    Ok(Some(&mut leaf.entries[i]))
+        .binary_search_by(|e| e.name.cmp_key(&key))
+        .ok()
+        .map(|i| &mut leaf.entries[i]))
 }
 
-/// Makes every node on the path to where `name` is or belongs private (the
+/// Makes every node on the path to where `key` is or belongs private (the
 /// path [`insert_in_place`] takes) and returns the leaf at its end.
-fn private_leaf<'a>(objects: &Objects, link: &'a mut Link, name: &str) -> Result<&'a mut Leaf> {
+fn private_leaf<'a>(objects: &Objects, link: &'a mut Link, key: &NameKey) -> Result<&'a mut Leaf> {
     let mut link = link;
     loop {
         match make_private(objects, link)? {
             Node::Leaf(leaf) => return Ok(leaf),
             Node::Branch(branch) => {
-                let i = child_for(&branch.children, name).unwrap_or(branch.children.len() - 1);
+                let i = child_for_key(&branch.children, key).unwrap_or(branch.children.len() - 1);
                 link = &mut branch.children[i].link;
             }
         }
@@ -697,10 +694,9 @@ fn put_at(
         return Ok(replaced);
     }
     if last {
-        // A new name: copy the path to where it goes (as an overwrite does),
-        // then insert it in place unless that moves a boundary. A refused
+        // A new name: the path to where it goes is private (the lookup above
+        // copied it); insert in place unless that moves a boundary. A refused
         // insert leaves only private copies of unchanged nodes behind.
-        private_leaf(objects, dir, name)?;
         let entry = Entry {
             name: Name::new(name),
             revision,
