@@ -138,6 +138,44 @@ async fn three_nodes_replicate_fail_over_and_agree() {
         "{stale}"
     );
 
+    // A prefix delete of everything is refused (it would take the cluster's
+    // own keys with it: its join token, the next node id), through either
+    // route, and the cluster's keys are still there afterwards.
+    for prefix in ["", "/", "//"] {
+        let request = keel_node::api::TxnRequest {
+            compare: Vec::new(),
+            ops: vec![keel_node::api::TxnOp::DeletePrefix {
+                prefix: prefix.into(),
+            }],
+        };
+        let refused = client.txn(&request).await.unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                keel_node::client::ClientError::Api { status: 400, .. }
+            ),
+            "delete_prefix {prefix:?}: {refused}"
+        );
+    }
+    // The key "/" (the typed client trims leading slashes; a raw request
+    // need not).
+    let refused = reqwest::Client::new()
+        .delete(format!("{}/v1/kv//?prefix=true", members[1].url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    assert_eq!(
+        client.get("app/k2", false).await.unwrap().bytes,
+        "v2".as_bytes()
+    );
+    for member in &members {
+        assert_eq!(
+            member.node.state_machine().cluster_id().as_deref(),
+            Some(member.node.cluster_id())
+        );
+    }
+
     // Stop the leader: another takes over and writes continue.
     let leader = first.status().await.unwrap().leader.unwrap();
     let index = members.iter().position(|m| m.node.id() == leader).unwrap();

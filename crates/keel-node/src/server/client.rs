@@ -35,6 +35,20 @@ fn check_user_key(key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// A prefix delete must name a prefix: with none (or only slashes) it would
+/// empty the whole store, the cluster's own keys under `.keel/` included
+/// (its join token, the next node id, the primaries' state).
+fn check_delete_prefix(prefix: &str) -> Result<(), ApiError> {
+    check_user_key(prefix)?;
+    if prefix.trim_matches('/').is_empty() {
+        return Err(ApiError::bad_request(
+            "a prefix delete needs a prefix: deleting everything would also delete the \
+             cluster's own keys under .keel/; delete each top-level prefix instead",
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub struct ReadQuery {
     /// Serve from this node's state without a read-index round.
@@ -221,6 +235,7 @@ pub async fn delete(
 ) -> Result<Json<WriteResult>, ApiError> {
     check_user_key(&key)?;
     let op = if query.prefix {
+        check_delete_prefix(&key)?;
         Op::DeletePrefix {
             prefix: key.clone(),
         }
@@ -297,6 +312,11 @@ pub async fn txn(
     Json(request): Json<TxnRequest>,
 ) -> Result<Json<TxnOutcome>, ApiError> {
     let txn = request.into_txn().map_err(ApiError::bad_request)?;
+    for op in &txn.ops {
+        if let Op::DeletePrefix { prefix } = op {
+            check_delete_prefix(prefix)?;
+        }
+    }
     for key in txn
         .compare
         .iter()
