@@ -14,6 +14,7 @@
 //!   fetched beforehand (see `fetch`), at exactly the sender's revision.
 //! - Revisions are deterministic: every replica numbers transactions the same.
 
+use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,6 +67,13 @@ struct Inner {
     store: Store,
     state: Mutex<State>,
     events: EventHub,
+    /// The cluster's own keys (under `.keel/`) and their values, read again
+    /// only after an apply changed them (`None`). Reading them through
+    /// `Store::snapshot` each time would publish the writer's tree, and the
+    /// batches applied after a publish copy every node they touch: the
+    /// primary decider reads them every 250 ms, which cost the leader a
+    /// copied leaf for most writes.
+    reserved: Mutex<Option<Arc<BTreeMap<String, Bytes>>>>,
 }
 
 /// The Raft state machine; clones share it.
@@ -117,6 +125,7 @@ impl StateMachine {
                     last_apply: Instant::now(),
                 }),
                 events,
+                reserved: Mutex::new(None),
             }),
         })
     }
@@ -175,9 +184,30 @@ impl StateMachine {
             .is_some_and(|hash| hash == blake3::hash(token.as_bytes()).to_hex().to_string())
     }
 
+    /// The cluster's own keys; `None` when they cannot be read (an error
+    /// reading the store, logged; the next call tries again).
+    fn reserved(&self) -> Option<Arc<BTreeMap<String, Bytes>>> {
+        let mut cached = self.inner.reserved.lock();
+        if cached.is_none() {
+            match load_reserved(&self.inner.store) {
+                Ok(keys) => *cached = Some(Arc::new(keys)),
+                Err(error) => tracing::warn!(%error, "reading the cluster's own keys failed"),
+            }
+        }
+        cached.clone()
+    }
+
+    fn reserved_value(&self, key: &str) -> Option<Bytes> {
+        self.reserved()?.get(key).cloned()
+    }
+
+    /// Called after every change to the cluster's own keys.
+    fn reserved_changed(&self) {
+        *self.inner.reserved.lock() = None;
+    }
+
     fn read_json<T: serde::de::DeserializeOwned>(&self, key: &str) -> Option<T> {
-        let value = self.inner.store.snapshot().get_value(key).ok().flatten()?;
-        serde_json::from_slice(&value).ok()
+        serde_json::from_slice(&self.reserved_value(key)?).ok()
     }
 
     /// A group's configuration and state (defaults when never set).
@@ -192,15 +222,15 @@ impl StateMachine {
 
     /// Every group with a configuration or a state, plus the default group.
     pub fn groups(&self) -> Vec<String> {
+        let groups_prefix = format!("{GROUPS_DIR}/");
         let mut groups: Vec<String> = self
-            .inner
-            .store
-            .snapshot()
-            .list(GROUPS_DIR, false)
+            .reserved()
             .unwrap_or_default()
-            .into_iter()
-            .filter_map(|item| item.key.rsplit('/').next().map(str::to_string))
+            .keys()
+            .filter_map(|key| key.strip_prefix(&groups_prefix)?.split('/').next())
+            .map(str::to_string)
             .collect();
+        groups.dedup();
         if !groups.iter().any(|g| g == DEFAULT_GROUP) {
             groups.push(DEFAULT_GROUP.to_string());
         }
@@ -209,11 +239,29 @@ impl StateMachine {
     }
 
     fn read_reserved(&self, key: &str) -> Option<String> {
-        let value = self.inner.store.snapshot().get_value(key).ok().flatten()?;
-        String::from_utf8(value.to_vec()).ok()
+        String::from_utf8(self.reserved_value(key)?.to_vec()).ok()
     }
 
     fn apply_request(
+        &self,
+        request: Request,
+        events: &mut Vec<keel_store::ChangeEvent>,
+    ) -> Result<Response, StorageError> {
+        // Every request but a transaction writes the cluster's own keys;
+        // clients may not write there (the API refuses), but an entry is
+        // trusted only as far as it is checked.
+        let changes_reserved = match &request {
+            Request::Txns(txns) => txns.iter().any(touches_reserved),
+            _ => true,
+        };
+        let response = self.apply_one(request, events);
+        if changes_reserved {
+            self.reserved_changed();
+        }
+        response
+    }
+
+    fn apply_one(
         &self,
         request: Request,
         events: &mut Vec<keel_store::ChangeEvent>,
@@ -308,6 +356,34 @@ impl StateMachine {
         };
         Some((snapshot_meta(&manifest, checkpoint.sequence), manifest))
     }
+}
+
+/// Every value under the cluster's own prefix, read from a fresh view
+/// (which is dropped, so it holds no old tree in memory).
+fn load_reserved(store: &Store) -> Result<BTreeMap<String, Bytes>, keel_store::StoreError> {
+    let view = store.snapshot();
+    let mut keys = BTreeMap::new();
+    for item in view.list(RESERVED_PREFIX, true)? {
+        if let Some(value) = view.get_value(&item.key)? {
+            keys.insert(item.key, value);
+        }
+    }
+    Ok(keys)
+}
+
+/// Whether a transaction may change a key under the cluster's own prefix
+/// (a prefix delete of a parent of it included).
+fn touches_reserved(txn: &Txn) -> bool {
+    txn.ops.iter().any(|op| {
+        let key = match op {
+            keel_store::Op::Put { key, .. }
+            | keel_store::Op::PutStored { key, .. }
+            | keel_store::Op::Delete { key } => key,
+            keel_store::Op::DeletePrefix { prefix } => prefix,
+        };
+        let key = key.trim_start_matches('/');
+        key.starts_with(RESERVED_PREFIX) || RESERVED_PREFIX.starts_with(key)
+    })
 }
 
 fn snapshot_meta(manifest: &SnapshotManifest, sequence: u64) -> SnapshotMeta {
@@ -452,6 +528,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         state.applied = applied;
         state.current = Some((meta.clone(), manifest.clone()));
         state.ops_since_flush = 0;
+        self.reserved_changed();
         self.inner.events.reset(manifest.revision);
         tracing::info!(root = %manifest.root, revision = manifest.revision, "installed snapshot");
         Ok(())
@@ -467,5 +544,120 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta,
             snapshot: Box::new(Cursor::new(encode(&manifest))),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::primary::rules::GroupConfig;
+    use keel_store::StoreOptions;
+    use openraft::{CommittedLeaderId, LogId as RaftLogId};
+
+    fn entry(index: u64, request: Request) -> Entry {
+        Entry {
+            log_id: RaftLogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(request),
+        }
+    }
+
+    fn set_primary(expected_term: u64) -> Request {
+        Request::SetPrimary {
+            group: "db".into(),
+            expected_term,
+            primary: Some(1),
+            at_ms: 1,
+            reason: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn cluster_keys_are_cached_and_read_again_after_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions {
+            deterministic_revisions: true,
+            ..StoreOptions::default()
+        };
+        let mut sm = StateMachine::new(Store::init(dir.path(), options).unwrap()).unwrap();
+        assert_eq!(sm.groups(), vec![DEFAULT_GROUP.to_string()]);
+        assert_eq!(sm.cluster_id(), None);
+
+        let responses = sm
+            .apply(vec![
+                entry(
+                    1,
+                    Request::SetClusterMeta {
+                        cluster_id: "c1".into(),
+                        token_hash: blake3::hash(b"secret").to_hex().to_string(),
+                    },
+                ),
+                // The second allocation sees the first, in the same batch.
+                entry(2, Request::AllocateNodeId),
+                entry(3, Request::AllocateNodeId),
+                entry(
+                    4,
+                    Request::SetGroupConfig {
+                        group: "db".into(),
+                        config: GroupConfig::default(),
+                    },
+                ),
+                entry(5, set_primary(0)),
+                // A decision against a stale term is refused.
+                entry(6, set_primary(0)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(responses[1], Response::NodeId(FIRST_JOINER_ID));
+        assert_eq!(responses[2], Response::NodeId(FIRST_JOINER_ID + 1));
+        assert_eq!(
+            responses[4..],
+            [
+                Response::Primary {
+                    applied: true,
+                    term: 1
+                },
+                Response::Primary {
+                    applied: false,
+                    term: 1
+                }
+            ]
+        );
+        assert_eq!(sm.cluster_id().as_deref(), Some("c1"));
+        assert!(sm.token_matches("secret"));
+        assert_eq!(sm.groups(), vec!["db".to_string(), DEFAULT_GROUP.into()]);
+        assert_eq!(sm.group("db").1.term, 1);
+
+        // Client transactions leave the cached keys alone...
+        let cached = sm.reserved().unwrap();
+        sm.apply(vec![entry(
+            7,
+            Request::Txns(vec![Txn::put("app/x", "1")].into()),
+        )])
+        .await
+        .unwrap();
+        assert!(Arc::ptr_eq(&cached, &sm.reserved().unwrap()));
+        // ...unless one writes under the cluster's prefix (the API refuses
+        // that, but the state machine does not rely on it).
+        sm.apply(vec![entry(
+            8,
+            Request::Txns(vec![Txn::put(CLUSTER_ID_KEY, "c2")].into()),
+        )])
+        .await
+        .unwrap();
+        assert_eq!(sm.cluster_id().as_deref(), Some("c2"));
+        sm.apply(vec![entry(
+            9,
+            Request::Txns(
+                vec![Txn {
+                    compare: Vec::new(),
+                    ops: vec![keel_store::Op::DeletePrefix { prefix: "".into() }],
+                }]
+                .into(),
+            ),
+        )])
+        .await
+        .unwrap();
+        assert_eq!(sm.cluster_id(), None);
+        assert_eq!(sm.groups(), vec![DEFAULT_GROUP.to_string()]);
     }
 }
