@@ -469,3 +469,54 @@ async fn joining_a_cluster_with_a_gib_of_data_resumes_after_a_kill_without_leaks
         assert!(a == b, "{key} differs between the founder and the joiner");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_cut_off_keeps_its_term_and_its_return_deposes_no_leader() {
+    // Without a pre-vote round, a node cut off from its peers calls election
+    // after election (every 0.6-1.2 s here), and the term it returns with
+    // makes the healthy leader step down.
+    let _serial = serial().await;
+    let cluster = Cluster::three().await;
+    cluster.wait_voters(3, READY_TIMEOUT).await;
+    let leader = cluster.leader().await.expect("a leader");
+    let before = cluster.members[leader].client().status().await.unwrap();
+    let cut = (leader + 1) % 3;
+    let cut_client = cluster.members[cut].client();
+    assert_eq!(cut_client.status().await.unwrap().term, before.term);
+    cut_client.isolate(true).await.unwrap();
+    // Five election timeouts at most, and the lease before them.
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let isolated = cut_client.status().await.unwrap();
+    assert_eq!(
+        isolated.term, before.term,
+        "the cut-off node raised its term: {isolated:?}"
+    );
+    assert_ne!(isolated.role, "leader");
+    cut_client.isolate(false).await.unwrap();
+    let client = cluster.members[cut].client();
+    eventually(
+        "the returned node follows the same leader",
+        Duration::from_secs(10),
+        || {
+            let client = client.clone();
+            async move {
+                client
+                    .status()
+                    .await
+                    .is_ok_and(|s| s.leader == before.leader && s.role == "follower")
+            }
+        },
+    )
+    .await;
+    // And stays so for a while: no election followed its return.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for member in &cluster.members {
+        let status = member.client().status().await.unwrap();
+        assert_eq!(
+            (status.leader, status.term),
+            (before.leader, before.term),
+            "node {}: the leader or term changed after the cut-off node returned",
+            status.node_id
+        );
+    }
+}

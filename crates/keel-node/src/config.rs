@@ -278,6 +278,9 @@ impl NodeConfig {
             heartbeat_interval: raft.heartbeat_ms,
             election_timeout_min: raft.election_timeout_min_ms,
             election_timeout_max: raft.election_timeout_max_ms,
+            // Keel runs the election timer, with a pre-vote round first
+            // (see `election`); openraft's would raise a cut-off node's term.
+            enable_elect: false,
             // The snapshot data is a small manifest; the install includes the
             // receiver's check that every blob is present.
             install_snapshot_timeout: 30_000,

@@ -31,6 +31,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod disk;
+pub mod election;
 pub mod faults;
 pub mod fence;
 pub mod fetch;

@@ -160,6 +160,17 @@ fn vote_error(error: impl std::fmt::Display) -> StorageError {
 }
 
 impl LogStore {
+    /// The id of the last entry in the log (or of the last purged one).
+    pub fn last_log_id(&self) -> Option<LogId> {
+        let state = self.inner.state.lock();
+        state
+            .index
+            .values()
+            .next_back()
+            .map(|l| l.log_id)
+            .or(state.durable.last_purged)
+    }
+
     /// Opens (creating) the log in `dir`, recovering from torn or damaged
     /// records. Refuses only when both state files are unreadable: the
     /// vote is then unknown and the node must rejoin as a new member.

@@ -210,6 +210,7 @@ impl Node {
         };
         node.bootstrap_if_founder().await?;
         node.spawn_background_tasks();
+        crate::election::spawn(node.clone());
         node.spawn_primary_tasks();
         node.spawn_health_monitor();
         node.spawn_disk_monitor();
@@ -246,6 +247,22 @@ impl Node {
         self.inner
             .last_leader_contact
             .store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// How long ago a leader was last heard from (`None`: never, since
+    /// this node started).
+    pub(crate) fn since_leader_contact(&self) -> Option<Duration> {
+        let at = self.inner.last_leader_contact.load(Ordering::Relaxed);
+        (at > 0).then(|| self.uptime().saturating_sub(Duration::from_millis(at)))
+    }
+
+    pub(crate) fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// The id of the last entry in this node's Raft log.
+    pub(crate) fn last_log_id(&self) -> Option<crate::types::LogId> {
+        self.inner.log.last_log_id()
     }
 
     /// Whether this node must not vote now (see `abstain_until`).

@@ -135,6 +135,18 @@ impl Routing {
         path: &str,
         request: &Req,
     ) -> Result<Resp, ProposeError> {
+        self.post_within(leader, path, request, WRITE_TIMEOUT).await
+    }
+
+    /// Sends a request to a peer's internal endpoint (as this node, in its
+    /// cluster; refused while fault injection cuts it off).
+    pub(crate) async fn post_within<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
+        &self,
+        leader: &NodeInfo,
+        path: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, ProposeError> {
         let forward_error = |reason: String| ProposeError::Forward {
             leader: leader.addr.clone(),
             reason,
@@ -147,7 +159,7 @@ impl Routing {
             .post(format!("{}{path}", leader.addr.trim_end_matches('/')))
             .header(CLUSTER_HEADER, self.cluster_id.as_str())
             .header(crate::network::NODE_HEADER, self.node_id)
-            .timeout(WRITE_TIMEOUT)
+            .timeout(timeout)
             .body(encode(request))
             .send()
             .await

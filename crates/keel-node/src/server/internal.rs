@@ -150,6 +150,14 @@ pub async fn vote(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> 
     binary(encode(&node.raft().vote(request).await))
 }
 
+pub async fn prevote(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> Response {
+    let request: crate::election::PreVote = match accept(&node, &headers, &body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    binary(encode(&crate::election::grant(&node, &request)))
+}
+
 /// A snapshot is installed only once every blob under its root is here:
 /// until then the answer is "not ready" (the leader retries) while the
 /// blobs are fetched in the background.

@@ -57,6 +57,7 @@ pub fn router(node: Node) -> Router {
         .route("/internal/debug/fail-log", post(internal::fail_log))
         .route(crate::network::PATH_APPEND, post(internal::append))
         .route(crate::network::PATH_VOTE, post(internal::vote))
+        .route(crate::election::PATH_PREVOTE, post(internal::prevote))
         .route(crate::network::PATH_SNAPSHOT, post(internal::snapshot))
         .route(crate::fetch::PATH_BLOBS, post(internal::blobs))
         .route(crate::proposer::PATH_PROPOSE, post(internal::propose))
