@@ -142,13 +142,13 @@ impl Routing {
     /// cluster; refused while fault injection cuts it off).
     pub(crate) async fn post_within<Req: serde::Serialize, Resp: serde::de::DeserializeOwned>(
         &self,
-        leader: &NodeInfo,
+        peer: &NodeInfo,
         path: &str,
         request: &Req,
         timeout: Duration,
     ) -> Result<Resp, ProposeError> {
         let forward_error = |reason: String| ProposeError::Forward {
-            leader: leader.addr.clone(),
+            leader: peer.addr.clone(),
             reason,
         };
         if self.faults.isolated() {
@@ -156,7 +156,7 @@ impl Routing {
         }
         let response = self
             .http
-            .post(format!("{}{path}", leader.addr.trim_end_matches('/')))
+            .post(format!("{}{path}", peer.addr.trim_end_matches('/')))
             .header(CLUSTER_HEADER, self.cluster_id.as_str())
             .header(crate::network::NODE_HEADER, self.node_id)
             .timeout(timeout)
