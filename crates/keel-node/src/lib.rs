@@ -37,6 +37,7 @@ pub mod fence;
 pub mod fetch;
 pub mod health;
 pub mod identity;
+pub mod link;
 pub mod log_store;
 pub mod network;
 pub mod node;

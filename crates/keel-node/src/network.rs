@@ -1,5 +1,5 @@
-//! Raft traffic between nodes: HTTP POSTs with postcard (compact binary)
-//! bodies, never JSON.
+//! Raft traffic between nodes: postcard (compact binary) requests, never
+//! JSON, sent over a peer's link (see [`crate::link`]).
 //!
 //! Every request carries the cluster id; a node of another cluster refuses
 //! it. Failures map to openraft's error kinds so that it backs off from a
@@ -24,6 +24,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::faults::Faults;
+use crate::link::{LinkError, Links};
 use crate::types::{decode, encode, NodeId, NodeInfo, TypeConfig};
 
 /// Header naming the cluster a request belongs to.
@@ -44,25 +45,15 @@ pub type Contacts = Arc<Mutex<HashMap<NodeId, Instant>>>;
 /// Creates connections to peers (cheap: nothing is dialled until a call).
 #[derive(Clone)]
 pub struct Network {
-    http: reqwest::Client,
-    cluster_id: Arc<String>,
-    node_id: NodeId,
+    links: Links,
     contacts: Contacts,
     faults: Faults,
 }
 
 impl Network {
-    pub fn new(
-        http: reqwest::Client,
-        cluster_id: String,
-        node_id: NodeId,
-        contacts: Contacts,
-        faults: Faults,
-    ) -> Network {
+    pub fn new(links: Links, contacts: Contacts, faults: Faults) -> Network {
         Network {
-            http,
-            cluster_id: Arc::new(cluster_id),
-            node_id,
+            links,
             contacts,
             faults,
         }
@@ -107,37 +98,29 @@ impl Connection {
                 self.target
             )));
         }
-        let response = self
+        let (status, body) = self
             .network
-            .http
-            .post(format!("{}{path}", self.url))
-            .header(CLUSTER_HEADER, self.network.cluster_id.as_str())
-            .header(NODE_HEADER, self.network.node_id)
-            .timeout(timeout)
-            .body(encode(request))
-            .send()
+            .links
+            .call(&self.url, path, encode(request).into(), timeout)
             .await
-            .map_err(|e| {
-                if e.is_connect() {
-                    Failure::Unreachable(format!("node {} at {}: {e}", self.target, self.url))
-                } else {
-                    Failure::Network(format!("node {} at {}: {e}", self.target, self.url))
+            .map_err(|e| match e {
+                LinkError::Unreachable(reason) => {
+                    Failure::Unreachable(format!("node {}: {reason}", self.target))
+                }
+                LinkError::Network(reason) => {
+                    Failure::Network(format!("node {} at {}: {reason}", self.target, self.url))
                 }
             })?;
-        let status = response.status();
-        let body = response.bytes().await.map_err(|e| {
-            Failure::Network(format!("node {}: reading the answer: {e}", self.target))
-        })?;
         // A node that cannot take the request yet is treated as unreachable,
         // so openraft backs off before it retries.
-        if status.as_u16() == STATUS_NOT_READY || status.as_u16() == STATUS_DISK_FULL {
+        if status == STATUS_NOT_READY || status == STATUS_DISK_FULL {
             return Err(Failure::Unreachable(format!(
                 "node {} cannot take it now ({status}): {}",
                 self.target,
                 String::from_utf8_lossy(&body)
             )));
         }
-        if !status.is_success() {
+        if !(200..300).contains(&status) {
             return Err(Failure::Network(format!(
                 "node {} answered {status}: {}",
                 self.target,

@@ -16,6 +16,7 @@ use crate::config::NodeConfig;
 use crate::fence::Fence;
 use crate::fetch::Fetcher;
 use crate::identity::NodeIdentity;
+use crate::link::Links;
 use crate::log_store::LogStore;
 use crate::network::{Contacts, Network};
 use crate::proposer::{Proposer, ReadBarrier, Routing};
@@ -149,13 +150,8 @@ impl Node {
         );
         let http = http_client();
         let contacts: Contacts = Arc::new(Mutex::new(HashMap::new()));
-        let network = Network::new(
-            http.clone(),
-            identity.cluster_id.clone(),
-            identity.node_id,
-            contacts.clone(),
-            faults.clone(),
-        );
+        let links = Links::new(Arc::new(identity.cluster_id.clone()), identity.node_id);
+        let network = Network::new(links.clone(), contacts.clone(), faults.clone());
         let raft_config = Arc::new(config.raft_config()?);
         let raft = Raft::new(
             identity.node_id,
@@ -168,7 +164,7 @@ impl Node {
         let routing = Routing {
             raft: raft.clone(),
             http: http.clone(),
-            cluster_id: Arc::new(identity.cluster_id.clone()),
+            links,
             node_id: identity.node_id,
             faults: faults.clone(),
             disk: disk.clone(),

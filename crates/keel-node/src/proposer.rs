@@ -25,7 +25,7 @@ use keel_store::{Op, Txn, TxnOutcome};
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::network::CLUSTER_HEADER;
+use crate::link::LinkError;
 use crate::types::{decode, encode, NodeId, NodeInfo, Raft, Request, Response};
 
 /// Transactions in one Raft entry, at most.
@@ -106,7 +106,7 @@ pub struct Proposer {
 pub struct Routing {
     pub raft: Raft,
     pub http: reqwest::Client,
-    pub cluster_id: Arc<String>,
+    pub links: crate::link::Links,
     pub node_id: NodeId,
     pub faults: crate::faults::Faults,
     pub disk: crate::disk::Disk,
@@ -154,22 +154,16 @@ impl Routing {
         if self.faults.isolated() {
             return Err(forward_error("cut off by fault injection".into()));
         }
-        let response = self
-            .http
-            .post(format!("{}{path}", peer.addr.trim_end_matches('/')))
-            .header(CLUSTER_HEADER, self.cluster_id.as_str())
-            .header(crate::network::NODE_HEADER, self.node_id)
-            .timeout(timeout)
-            .body(encode(request))
-            .send()
+        let (status, body) = self
+            .links
+            .call(&peer.addr, path, encode(request).into(), timeout)
             .await
-            .map_err(|e| forward_error(e.to_string()))?;
-        let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| forward_error(e.to_string()))?;
-        if !status.is_success() {
+            .map_err(|e| match e {
+                LinkError::Unreachable(reason) | LinkError::Network(reason) => {
+                    forward_error(reason)
+                }
+            })?;
+        if !(200..300).contains(&status) {
             return Err(forward_error(format!(
                 "{status}: {}",
                 String::from_utf8_lossy(&body)

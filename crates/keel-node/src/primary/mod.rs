@@ -24,9 +24,8 @@ use serde::{Deserialize, Serialize};
 use self::liveness::Liveness;
 use self::rules::{decide, GroupConfig};
 use crate::config::PrimarySettings;
-use crate::network::CLUSTER_HEADER;
 use crate::node::Node;
-use crate::types::{decode, encode, NodeId, Request, Response};
+use crate::types::{NodeId, NodeInfo, Request, Response};
 
 /// How often the decider (the Raft leader) evaluates every group.
 pub const DECIDE_INTERVAL: Duration = Duration::from_millis(250);
@@ -165,37 +164,29 @@ impl Node {
         }
         let timeout = Duration::from_millis(self.primary_state().settings.heartbeat_ms);
         let metrics = self.raft().metrics().borrow().clone();
-        let peers: Vec<(NodeId, String)> = metrics
+        let peers: Vec<(NodeId, NodeInfo)> = metrics
             .membership_config
             .membership()
             .nodes()
             .filter(|(id, _)| **id != self.id())
-            .map(|(id, node)| (*id, node.addr.clone()))
+            .map(|(id, node)| (*id, node.clone()))
             .collect();
-        let beats = peers.into_iter().map(|(id, addr)| {
+        let beats = peers.into_iter().map(|(id, peer)| {
             let node = self.clone();
             async move {
-                let sent = node
-                    .inner
-                    .http
-                    .post(format!("{}{PATH_HEARTBEAT}", addr.trim_end_matches('/')))
-                    .header(CLUSTER_HEADER, node.cluster_id())
-                    .timeout(timeout)
-                    .body(encode(&Heartbeat {
-                        from: node.id(),
-                        healthy,
-                        disk_low: node.disk().is_low(),
-                    }))
-                    .send()
+                let beat = Heartbeat {
+                    from: node.id(),
+                    healthy,
+                    disk_low: node.disk().is_low(),
+                };
+                let answer = node
+                    .routing()
+                    .post_within::<_, Heartbeat>(&peer, PATH_HEARTBEAT, &beat, timeout)
                     .await;
-                if let Ok(response) = sent {
-                    if let Ok(bytes) = response.bytes().await {
-                        if let Ok(answer) = decode::<Heartbeat>(&bytes) {
-                            node.heard_from(answer.from, Some(answer.healthy));
-                            node.disk().peer_reported(answer.from, answer.disk_low);
-                            return;
-                        }
-                    }
+                if let Ok(answer) = answer {
+                    node.heard_from(answer.from, Some(answer.healthy));
+                    node.disk().peer_reported(answer.from, answer.disk_low);
+                    return;
                 }
                 tracing::debug!(peer = id, "heartbeat unanswered");
             }

@@ -25,12 +25,9 @@ fn refuse(status: StatusCode, message: String) -> Response {
     (status, message).into_response()
 }
 
-/// Decodes a request from a peer of this cluster.
-fn accept<T: serde::de::DeserializeOwned>(
-    node: &Node,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<T, Response> {
+/// Checks that a request comes from a peer of this cluster (and that this
+/// node is not cut off by fault injection).
+fn check_peer(node: &Node, headers: &HeaderMap) -> Result<(), Response> {
     if node.faults().isolated() {
         return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -57,7 +54,58 @@ fn accept<T: serde::de::DeserializeOwned>(
     {
         node.heard_from(sender, None);
     }
+    Ok(())
+}
+
+/// Decodes a request from a peer of this cluster.
+fn accept<T: serde::de::DeserializeOwned>(
+    node: &Node,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, Response> {
+    check_peer(node, headers)?;
     decode(body).map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("undecodable request: {e}")))
+}
+
+/// Opens a link (see [`crate::link`]): the connection switches from HTTP to
+/// framed requests, each served by this node's router.
+pub async fn link(State(node): State<Node>, mut request: axum::extract::Request) -> Response {
+    if let Err(response) = check_peer(&node, request.headers()) {
+        return response;
+    }
+    let upgrade = request.headers().get(axum::http::header::UPGRADE);
+    if upgrade.and_then(|v| v.to_str().ok()) != Some(crate::link::PROTOCOL) {
+        return refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            format!("a link needs Upgrade: {}", crate::link::PROTOCOL),
+        );
+    }
+    let mut headers = HeaderMap::new();
+    for name in [CLUSTER_HEADER, NODE_HEADER] {
+        if let Some(value) = request.headers().get(name) {
+            headers.insert(name, value.clone());
+        }
+    }
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let router = super::router(node.clone());
+    let stop = node.shutdown_signal();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let stream = hyper_util::rt::TokioIo::new(upgraded);
+                crate::link::serve(stream, router, headers, stop).await;
+            }
+            Err(error) => tracing::debug!(%error, "a peer's link upgrade failed"),
+        }
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (axum::http::header::CONNECTION, "upgrade"),
+            (axum::http::header::UPGRADE, crate::link::PROTOCOL),
+        ],
+    )
+        .into_response()
 }
 
 pub async fn heartbeat(State(node): State<Node>, headers: HeaderMap, body: Bytes) -> Response {

@@ -55,6 +55,7 @@ pub fn router(node: Node) -> Router {
         .route("/internal/debug/isolate", post(internal::isolate))
         .route("/internal/debug/disk-limit", post(internal::disk_limit))
         .route("/internal/debug/fail-log", post(internal::fail_log))
+        .route(crate::link::PATH_LINK, get(internal::link))
         .route(crate::network::PATH_APPEND, post(internal::append))
         .route(crate::network::PATH_VOTE, post(internal::vote))
         .route(crate::election::PATH_PREVOTE, post(internal::prevote))
