@@ -41,6 +41,10 @@ const KIND_COMMITTED: u8 = 2;
 const KIND_STATE: u8 = 3;
 /// Segments roll once they reach this size.
 const WAL_SEGMENT_BYTES_TARGET: u64 = 32 * 1024 * 1024;
+/// Zeros written ahead of the active segment's end, so that most appends
+/// overwrite blocks the file has and their fdatasync skips the file
+/// system's journal (see `keel_store::segment`).
+const WAL_PREALLOCATE_BYTES: u64 = 1024 * 1024;
 /// Recently appended entries kept decoded in memory (replication reads the tail).
 const ENTRY_CACHE_MAX: usize = 4096;
 const STATE_FILES: [&str; 2] = ["state.a", "state.b"];
@@ -184,6 +188,7 @@ impl LogStore {
         let mut recovery = LogRecovery::default();
         let durable = read_state(dir, &mut recovery)?;
         let wal = SegmentLog::open(dir, "wal", Mode::ReadWrite)?;
+        wal.set_preallocation(WAL_PREALLOCATE_BYTES);
         let mut state = State {
             durable,
             committed: None,
@@ -421,6 +426,15 @@ fn load_entries(
             }
         }
         if let Some(cut) = cut {
+            if bytes[cut as usize..].iter().all(|&b| b == 0) {
+                // Zeros written ahead of the end (preallocation): the clean
+                // end of the log, not damage. Only the active segment has
+                // them; it is cut back so appends continue at the end.
+                if wal.active_id() == Some(segment) {
+                    wal.truncate_to(segment, cut)?;
+                }
+                continue;
+            }
             recovery.truncated_bytes = bytes.len() as u64 - cut;
             tracing::warn!(
                 segment,
@@ -634,5 +648,75 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> (LogStore, LogRecovery) {
+        LogStore::open(
+            &dir.join("raft"),
+            &dir.join("staging"),
+            Fence::disabled(),
+            Faults::default(),
+        )
+        .unwrap()
+    }
+
+    /// Appends blank entries `indexes` as records, the way `append` does.
+    fn write_entries(log: &LogStore, indexes: std::ops::RangeInclusive<u64>) {
+        let mut bytes = Vec::new();
+        for index in indexes {
+            let entry = Entry {
+                log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+                payload: openraft::EntryPayload::Blank,
+            };
+            frame::encode(KIND_ENTRY, &encode(&entry), &mut bytes);
+        }
+        log.inner.wal.append(&bytes).unwrap();
+        log.inner.wal.sync().unwrap();
+    }
+
+    fn active_file(log: &LogStore) -> PathBuf {
+        log.inner.wal.path_of(log.inner.wal.active_id().unwrap())
+    }
+
+    #[test]
+    fn zeros_past_the_last_record_are_a_clean_end_and_a_torn_record_is_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path());
+        write_entries(&log, 1..=3);
+        let records = log.inner.wal.active_len();
+        let path = active_file(&log);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            records + WAL_PREALLOCATE_BYTES,
+            "the active segment holds zeros ahead of its records"
+        );
+        drop(log);
+
+        let (log, recovery) = open(dir.path());
+        assert_eq!(recovery.entries, 3);
+        assert_eq!(recovery.truncated_bytes, 0, "zeros are no damage");
+        assert_eq!(log.inner.wal.active_len(), records);
+        write_entries(&log, 4..=4);
+        drop(log);
+
+        // A record torn in the middle of the zeros is damage, as before.
+        let (log, recovery) = open(dir.path());
+        assert_eq!(recovery.entries, 4);
+        let end = log.inner.wal.active_len();
+        drop(log);
+        {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            file.write_all_at(&frame::RECORD_MAGIC, end).unwrap();
+        }
+        let (log, recovery) = open(dir.path());
+        assert_eq!(recovery.entries, 4);
+        assert!(recovery.truncated_bytes > 0, "{recovery:?}");
+        assert_eq!(log.inner.wal.active_len(), end);
     }
 }

@@ -14,6 +14,16 @@
 //! - **I/O failures latch**: after a failed write or fsync the log refuses
 //!   every further write until it is reopened, because the kernel may have
 //!   dropped the dirty pages and a retried fsync would lie.
+//! - **Optional preallocation** ([`SegmentLog::set_preallocation`]): zeros
+//!   are written ahead of the active segment's end, so that an append
+//!   overwrites blocks the file already has and its fdatasync flushes data
+//!   only. An append that grows the file also changes its size and extents,
+//!   which makes the fdatasync commit the file system's journal, shared by
+//!   every writer on it: about 120 against 230 µs per fdatasync on the
+//!   benchmark machine, 190 against 290 µs with three nodes writing. The
+//!   zeros are no record (every record starts with a magic number), so
+//!   recovery reads them as the clean end of the log; a segment is cut back
+//!   to its last record when it is sealed.
 //! - **A full disk does not latch**: an append that fails with `ENOSPC` or
 //!   `EDQUOT` is cut off again (`ftruncate` to where it began, which needs no
 //!   space), so the log holds exactly what it held before and later appends
@@ -47,6 +57,12 @@ struct Writer {
     active: u32,
     file: Arc<File>,
     len: u64,
+    /// With preallocation: the file holds zeros up to here, past `len`.
+    zeroed: u64,
+    /// Zeros written ahead at a time; 0: no preallocation.
+    preallocate: u64,
+    /// Preallocation failed (a full disk): none until the next segment.
+    preallocate_paused: bool,
     poisoned: Option<String>,
     /// Fault injection only (see [`crate::space`]).
     space: Option<Arc<SpaceLimit>>,
@@ -91,6 +107,9 @@ impl SegmentLog {
                 active,
                 file,
                 len,
+                zeroed: len,
+                preallocate: 0,
+                preallocate_paused: false,
                 poisoned: None,
                 space: None,
             }));
@@ -122,6 +141,15 @@ impl SegmentLog {
     pub fn set_space_limit(&self, limit: Arc<SpaceLimit>) {
         if let Some(writer) = &self.writer {
             writer.lock().space = Some(limit);
+        }
+    }
+
+    /// Writes `bytes` of zeros ahead of the active segment's end whenever
+    /// an append reaches them (see the module doc). The log's user must
+    /// read a tail of zeros as the end of its records.
+    pub fn set_preallocation(&self, bytes: u64) {
+        if let Some(writer) = &self.writer {
+            writer.lock().preallocate = bytes;
         }
     }
 
@@ -203,7 +231,15 @@ impl SegmentLog {
         let mut writer = self.writer()?;
         let offset = writer.len;
         let path = self.path_of(writer.active);
-        let written = space::write_all_at(&writer.file, bytes, offset, writer.space.as_deref());
+        let end = offset + bytes.len() as u64;
+        if writer.preallocate > 0 && !writer.preallocate_paused && end > writer.zeroed {
+            Self::preallocate(&mut writer, end);
+        }
+        // Bytes written over zeros already there take no new space.
+        let space = (end > writer.zeroed)
+            .then_some(writer.space.as_deref())
+            .flatten();
+        let written = space::write_all_at(&writer.file, bytes, offset, space);
         if let Err(e) = written {
             let error = StoreError::io("append to segment", &path, e);
             if matches!(error, StoreError::DiskFull { .. }) {
@@ -212,7 +248,10 @@ impl SegmentLog {
                 // synced: if a crash brings the tail back, recovery cuts it
                 // as torn, and the next fdatasync records the new length.
                 match writer.file.set_len(offset) {
-                    Ok(()) => return Err(error),
+                    Ok(()) => {
+                        writer.zeroed = offset;
+                        return Err(error);
+                    }
                     Err(cut) => {
                         tracing::error!(path = %path.display(), %cut, "cannot cut a failed append off the segment");
                     }
@@ -225,6 +264,37 @@ impl SegmentLog {
         }
         writer.len += bytes.len() as u64;
         Ok((writer.active, offset))
+    }
+
+    /// Zeros from the end of the log (or of the zeros already there) to
+    /// `preallocate` bytes past `end`. Not synced: the next fdatasync
+    /// records them, and zeros lost in a crash were never a record. On a
+    /// failure (a full disk) the file is cut back to its records, so the
+    /// zeros take no space an append needs, and preallocation pauses until
+    /// the next segment.
+    fn preallocate(writer: &mut Writer, end: u64) {
+        let from = writer.zeroed.max(writer.len);
+        let to = end + writer.preallocate;
+        let short_of_space = writer
+            .space
+            .as_ref()
+            .and_then(|limit| limit.remaining())
+            .is_some_and(|remaining| remaining < to - from);
+        if short_of_space {
+            writer.preallocate_paused = true;
+            return;
+        }
+        let zeros = vec![0u8; (to - from) as usize];
+        match space::write_all_at(&writer.file, &zeros, from, writer.space.as_deref()) {
+            Ok(()) => writer.zeroed = to,
+            Err(error) => {
+                tracing::debug!(%error, "cannot preallocate the log segment; appending without");
+                writer.preallocate_paused = true;
+                if writer.file.set_len(writer.len).is_ok() {
+                    writer.zeroed = writer.len;
+                }
+            }
+        }
     }
 
     /// Makes every appended byte durable (fdatasync of the active segment).
@@ -242,6 +312,17 @@ impl SegmentLog {
     /// one. Returns the id of the sealed segment.
     pub fn roll(&self) -> Result<u32> {
         let mut writer = self.writer()?;
+        // A sealed segment ends with its last record: only the active
+        // segment may have zeros past its end.
+        if writer.zeroed > writer.len {
+            let len = writer.len;
+            if let Err(e) = writer.file.set_len(len) {
+                let error = StoreError::io("trim segment", self.path_of(writer.active), e);
+                writer.poisoned = Some(error.to_string());
+                return Err(error);
+            }
+            writer.zeroed = len;
+        }
         if let Err(e) = writer.file.sync_data() {
             let error = StoreError::io("fsync segment", self.path_of(writer.active), e);
             writer.poisoned = Some(error.to_string());
@@ -253,6 +334,8 @@ impl SegmentLog {
         writer.active = next;
         writer.file = file;
         writer.len = 0;
+        writer.zeroed = 0;
+        writer.preallocate_paused = false;
         Ok(sealed)
     }
 
@@ -276,6 +359,8 @@ impl SegmentLog {
         writer.active = id;
         writer.file = file;
         writer.len = len;
+        writer.zeroed = len;
+        writer.preallocate_paused = false;
         Ok(())
     }
 
@@ -401,5 +486,65 @@ mod tests {
         drop(log);
         let reopened = SegmentLog::open(dir.path(), "seg", Mode::ReadOnly).unwrap();
         assert_eq!(reopened.read_segment(1).unwrap(), b"helloagain");
+    }
+
+    fn file_len(log: &SegmentLog, id: u32) -> u64 {
+        std::fs::metadata(log.path_of(id)).unwrap().len()
+    }
+
+    #[test]
+    fn preallocation_writes_zeros_ahead_and_sealed_segments_end_at_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open(dir.path(), "seg", Mode::ReadWrite).unwrap();
+        log.set_preallocation(100);
+        assert_eq!(log.append(b"hello").unwrap(), (1, 0));
+        assert_eq!(file_len(&log, 1), 105, "zeros ahead of the end");
+        assert_eq!(log.active_len(), 5);
+        // Appends within the zeros overwrite them; past them, more zeros.
+        for _ in 0..19 {
+            log.append(b"abcde").unwrap();
+        }
+        assert_eq!(log.append(b"fghij").unwrap(), (1, 100));
+        assert_eq!(file_len(&log, 1), 105);
+        assert_eq!(log.append(b"klmno").unwrap(), (1, 105));
+        assert_eq!(file_len(&log, 1), 210);
+        let segment = log.read_segment(1).unwrap();
+        assert_eq!(&segment[100..110], b"fghijklmno");
+        assert!(segment[110..].iter().all(|&b| b == 0));
+        log.sync().unwrap();
+        assert_eq!(log.roll().unwrap(), 1);
+        assert_eq!(file_len(&log, 1), 110, "a sealed segment is cut back");
+        log.append(b"next").unwrap();
+        assert_eq!(file_len(&log, 2), 104);
+        // A cut-back active segment starts its zeros again from its end.
+        log.truncate_to(2, 2).unwrap();
+        assert_eq!(file_len(&log, 2), 2);
+        assert_eq!(log.append(b"xt").unwrap(), (2, 2));
+        assert_eq!(file_len(&log, 2), 104);
+        assert_eq!(&log.read_segment(2).unwrap()[..4], b"next");
+    }
+
+    #[test]
+    fn a_full_disk_pauses_preallocation_and_appends_that_fit_still_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = SegmentLog::open(dir.path(), "seg", Mode::ReadWrite).unwrap();
+        let limit = Arc::new(SpaceLimit::default());
+        log.set_space_limit(limit.clone());
+        log.set_preallocation(1000);
+        log.append(b"hello").unwrap();
+        assert_eq!(file_len(&log, 1), 1005);
+        log.sync().unwrap();
+        log.truncate_to(1, 5).unwrap();
+        // Room for the next append, not for its zeros ahead.
+        limit.set_remaining(Some(50));
+        assert_eq!(log.append(b"world").unwrap(), (1, 5));
+        assert_eq!(file_len(&log, 1), 10, "failed zeros take no space");
+        assert_eq!(log.append(b"again").unwrap(), (1, 10));
+        assert_eq!(file_len(&log, 1), 15, "paused until the next segment");
+        limit.set_remaining(None);
+        log.roll().unwrap();
+        log.append(b"x").unwrap();
+        assert_eq!(file_len(&log, 2), 1001, "a new segment preallocates again");
+        assert_eq!(log.read_segment(1).unwrap(), b"helloworldagain");
     }
 }
