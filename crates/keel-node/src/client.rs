@@ -54,6 +54,24 @@ pub struct Value {
     pub store_revision: u64,
 }
 
+/// The authority of an `http://HOST:PORT` endpoint, and the address to
+/// dial (port 80 when it names none).
+pub fn http_address(endpoint: &str) -> Result<(http::uri::Authority, String), String> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .map_err(|e| format!("bad endpoint {endpoint:?}: {e}"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(authority)) => {
+            let port = authority.port_u16().unwrap_or(80);
+            let address = format!("{}:{port}", authority.host());
+            Ok((authority.clone(), address))
+        }
+        _ => Err(format!(
+            "bad endpoint {endpoint:?}: expected http://HOST:PORT"
+        )),
+    }
+}
+
 /// The URL path of `key` under `/v1/kv/`: each byte outside the unreserved
 /// set percent-escaped, segments still separated by `/`.
 pub fn path_escape(key: &str) -> String {

@@ -39,20 +39,18 @@ pub struct PreVote {
     pub last_log: Option<LogId>,
 }
 
+/// Whether this node leads, and the voters of its current membership.
+fn leads_and_voters(node: &Node) -> (bool, Vec<NodeId>) {
+    let metrics = node.raft().metrics();
+    let metrics = metrics.borrow();
+    let voters = metrics.membership_config.membership().voter_ids().collect();
+    (metrics.state == ServerState::Leader, voters)
+}
+
 /// This node's answer to a pre-vote.
 pub(crate) fn grant(node: &Node, request: &PreVote) -> bool {
-    let (leads, candidate_votes) = {
-        let metrics = node.raft().metrics();
-        let metrics = metrics.borrow();
-        (
-            metrics.state == ServerState::Leader,
-            metrics
-                .membership_config
-                .membership()
-                .voter_ids()
-                .any(|id| id == request.candidate),
-        )
-    };
+    let (leads, voters) = leads_and_voters(node);
+    let candidate_votes = voters.contains(&request.candidate);
     let lease = Duration::from_millis(node.config().raft.election_timeout_max_ms);
     !leads
         && candidate_votes
@@ -76,18 +74,7 @@ pub(crate) fn spawn(node: Node) {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let (leads, voters) = {
-                let metrics = node.raft().metrics();
-                let metrics = metrics.borrow();
-                (
-                    metrics.state == ServerState::Leader,
-                    metrics
-                        .membership_config
-                        .membership()
-                        .voter_ids()
-                        .collect::<Vec<_>>(),
-                )
-            };
+            let (leads, voters) = leads_and_voters(&node);
             if leads || !voters.contains(&node.id()) {
                 continue;
             }

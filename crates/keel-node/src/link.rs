@@ -393,18 +393,8 @@ impl Links {
         let unreachable = |what: &str, e: &dyn std::fmt::Display| {
             LinkError::Unreachable(format!("{base}: {what}: {e}"))
         };
-        let uri: http::Uri = base
-            .parse()
-            .map_err(|e| unreachable("not a peer address", &e))?;
-        let authority = uri
-            .authority()
-            .ok_or_else(|| LinkError::Unreachable(format!("{base}: no host:port in the address")))?
-            .clone();
-        let address = format!(
-            "{}:{}",
-            authority.host(),
-            authority.port_u16().unwrap_or(80)
-        );
+        let (authority, address) =
+            crate::client::http_address(base).map_err(LinkError::Unreachable)?;
         let stream = tokio::net::TcpStream::connect(&address)
             .await
             .map_err(|e| unreachable("cannot connect", &e))?;

@@ -139,22 +139,7 @@ struct KeelHandle {
 
 impl KeelHandle {
     async fn connect(endpoint: &str) -> anyhow::Result<KeelHandle> {
-        let uri: http::Uri = endpoint
-            .parse()
-            .map_err(|e| CliError::usage(format!("bad endpoint {endpoint:?}: {e}")))?;
-        let authority = match (uri.scheme_str(), uri.authority()) {
-            (Some("http"), Some(authority)) => authority.clone(),
-            _ => {
-                return Err(CliError::usage(format!(
-                    "bad endpoint {endpoint:?}: expected http://HOST:PORT"
-                )))
-            }
-        };
-        let address = format!(
-            "{}:{}",
-            authority.host(),
-            authority.port_u16().unwrap_or(80)
-        );
+        let (_, address) = keel_node::client::http_address(endpoint).map_err(CliError::usage)?;
         let stream = tokio::net::TcpStream::connect(&address)
             .await
             .map_err(|e| CliError::failed(format!("cannot connect to {endpoint}: {e}")))?;
