@@ -1,8 +1,9 @@
 //! The etcd side of `keel bench kv --etcd` (cargo feature `etcd`).
 //!
 //! One gRPC client per endpoint (each one HTTP/2 connection that all of its
-//! clients share, as etcd's own `benchmark` tool does with `--conns 1`);
-//! clients are spread round-robin over them, like Keel's. Writes are `put`;
+//! clients share, as etcd's own `benchmark` tool does with `--conns 1`), or
+//! one per client with `--connections client`; clients are spread
+//! round-robin over the endpoints, like Keel's. Writes are `put`;
 //! reads are `get`, linearizable by default and serializable when stale.
 
 use std::time::Duration;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use etcd_client::{Client, ConnectOptions, GetOptions, KvClient};
 
-use super::kv::KvHandle;
+use super::kv::{KvHandle, Workload};
 use crate::output::CliError;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -47,18 +48,24 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    pub async fn connect(endpoints: &[String]) -> anyhow::Result<Etcd> {
+    /// Connects as `workload.connections` asks, after checking that every
+    /// endpoint answers.
+    pub async fn connect(endpoints: &[String], workload: &Workload) -> anyhow::Result<Etcd> {
         let mut handles = Vec::new();
         let mut version = String::new();
-        for endpoint in endpoints {
+        let opened = workload.connections.endpoints(endpoints, workload.clients);
+        for (i, endpoint) in opened.into_iter().enumerate() {
             let options = ConnectOptions::new().with_connect_timeout(CONNECT_TIMEOUT);
             let client = Client::connect([endpoint], Some(options))
                 .await
                 .map_err(|e| CliError::failed(format!("cannot reach etcd at {endpoint}: {e}")))?;
-            let status = client.maintenance_client().status().await.map_err(|e| {
-                CliError::failed(format!("etcd at {endpoint} does not answer: {e}"))
-            })?;
-            version = status.version().to_string();
+            // The first connection to each endpoint checks that it answers.
+            if i < endpoints.len() {
+                let status = client.maintenance_client().status().await.map_err(|e| {
+                    CliError::failed(format!("etcd at {endpoint} does not answer: {e}"))
+                })?;
+                version = status.version().to_string();
+            }
             handles.push(EtcdHandle(client.kv_client()));
         }
         Ok(Etcd { version, handles })

@@ -1,8 +1,9 @@
 //! `keel bench kv`: a load generator for a running cluster.
 //!
 //! `--clients` tasks each keep one request in flight, spread round-robin
-//! over `--endpoints`, all sharing one HTTP client (keep-alive, a connection
-//! pool). Each picks a read (probability `--read-ratio`) or a write of a key
+//! over `--endpoints`. By default they share one connection per node
+//! (`--connections node`); with `--connections client` each has its own.
+//! Each picks a read (probability `--read-ratio`) or a write of a key
 //! drawn uniformly from `--keys`, until the deadline. Latency is measured per
 //! operation, from before the request is sent until its whole answer has
 //! been read, and kept in HDR histograms (microseconds, 3 significant
@@ -25,7 +26,7 @@ use bytes::Bytes;
 use clap::Args;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http2;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use keel_node::client::{path_escape, Client};
 use rand::rngs::StdRng;
@@ -107,6 +108,11 @@ pub struct KvBenchArgs {
     /// Write every key once before measuring, so that reads find their key.
     #[arg(long)]
     pub preload: bool,
+    /// `node`: the clients of a node share one connection to it (HTTP/2 to
+    /// Keel, gRPC to etcd). `client`: each client opens its own (HTTP/1.1
+    /// to Keel, gRPC to etcd).
+    #[arg(long, value_enum, default_value_t = Connections::Node)]
+    pub connections: Connections,
     /// Also run the same workload against these etcd endpoints, after Keel
     /// (needs a keel built with `--features etcd`).
     #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
@@ -114,6 +120,29 @@ pub struct KvBenchArgs {
     /// Seed of the key and operation choices (default: random, printed).
     #[arg(long)]
     pub seed: Option<u64>,
+}
+
+/// How clients reach the nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Connections {
+    /// One connection per node, shared by the clients of that node.
+    Node,
+    /// One connection per client.
+    Client,
+}
+
+impl Connections {
+    /// The endpoint of each connection to open for `clients` clients.
+    /// Client `c` uses connection `c % len`, which goes to
+    /// `endpoints[c % endpoints.len()]` either way.
+    pub fn endpoints(self, endpoints: &[String], clients: usize) -> Vec<&String> {
+        let count = match self {
+            Connections::Node => endpoints.len(),
+            Connections::Client => clients,
+        };
+        endpoints.iter().cycle().take(count).collect()
+    }
 }
 
 /// One client's connection to one system.
@@ -124,32 +153,55 @@ pub trait KvHandle: Clone + Send + Sync + 'static {
     fn get(&self, key: &str, stale: bool) -> impl Future<Output = Result<bool, String>> + Send;
 }
 
-/// A Keel node through its HTTP API: requests multiplexed on one HTTP/2
-/// connection per node (h2c, prior knowledge), shared by every client task,
-/// as etcd's clients share one gRPC connection per endpoint. It is hyper's
-/// bare HTTP/2 client, as etcd's is its bare generated gRPC client: the
-/// general client (`keel_node::client`, reqwest) cost about twice the CPU
-/// per request, on the same two CPUs as the servers.
+/// A Keel node through its HTTP API, over hyper's bare client, as etcd's
+/// side is its bare generated gRPC client: the general client
+/// (`keel_node::client`, reqwest) cost about twice the CPU per request, on
+/// the same two CPUs as the servers.
 #[derive(Clone)]
 struct KeelHandle {
-    send: http2::SendRequest<Full<Bytes>>,
+    sender: Sender,
     /// `http://host:port/v1/kv/`
     kv_url: Arc<str>,
 }
 
+#[derive(Clone)]
+enum Sender {
+    /// Requests multiplexed on one HTTP/2 connection (h2c, prior
+    /// knowledge), shared by the clients of a node, as etcd's clients share
+    /// one gRPC connection per endpoint.
+    Shared(http2::SendRequest<Full<Bytes>>),
+    /// One client's own HTTP/1.1 connection (the lock is never contended).
+    Own(Arc<tokio::sync::Mutex<http1::SendRequest<Full<Bytes>>>>),
+}
+
 impl KeelHandle {
-    async fn connect(endpoint: &str) -> anyhow::Result<KeelHandle> {
+    async fn connect(endpoint: &str, connections: Connections) -> anyhow::Result<KeelHandle> {
         let (_, address) = keel_node::client::http_address(endpoint).map_err(CliError::usage)?;
         let stream = tokio::net::TcpStream::connect(&address)
             .await
             .map_err(|e| CliError::failed(format!("cannot connect to {endpoint}: {e}")))?;
         stream.set_nodelay(true)?;
-        let (send, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .map_err(|e| CliError::failed(format!("HTTP/2 handshake with {endpoint}: {e}")))?;
-        tokio::spawn(connection);
+        let handshake_failed =
+            |e: hyper::Error| CliError::failed(format!("HTTP handshake with {endpoint}: {e}"));
+        let sender = match connections {
+            Connections::Node => {
+                let (send, connection) =
+                    http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                        .await
+                        .map_err(handshake_failed)?;
+                tokio::spawn(connection);
+                Sender::Shared(send)
+            }
+            Connections::Client => {
+                let (send, connection) = http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(handshake_failed)?;
+                tokio::spawn(connection);
+                Sender::Own(Arc::new(tokio::sync::Mutex::new(send)))
+            }
+        };
         Ok(KeelHandle {
-            send,
+            sender,
             kv_url: format!("{}/v1/kv/", endpoint.trim_end_matches('/')).into(),
         })
     }
@@ -166,12 +218,19 @@ impl KeelHandle {
             .uri(format!("{}{path}", self.kv_url))
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
-        let mut send = self.send.clone();
-        send.ready().await.map_err(|e| e.to_string())?;
-        let response = send
-            .send_request(request)
-            .await
-            .map_err(|e| e.to_string())?;
+        let response = match &self.sender {
+            Sender::Shared(send) => {
+                let mut send = send.clone();
+                send.ready().await.map_err(|e| e.to_string())?;
+                send.send_request(request).await
+            }
+            Sender::Own(send) => {
+                let mut send = send.lock().await;
+                send.ready().await.map_err(|e| e.to_string())?;
+                send.send_request(request).await
+            }
+        }
+        .map_err(|e| e.to_string())?;
         let status = response.status();
         let body = response
             .into_body()
@@ -225,6 +284,7 @@ pub struct Workload {
     pub duration_secs: f64,
     pub warmup_secs: f64,
     pub preload: bool,
+    pub connections: Connections,
     pub seed: u64,
 }
 
@@ -274,6 +334,7 @@ impl Workload {
             duration_secs: args.duration.as_secs_f64(),
             warmup_secs: args.warmup.as_secs_f64(),
             preload: args.preload,
+            connections: args.connections,
             seed: args.seed.unwrap_or_else(rand::random),
         })
     }
@@ -308,8 +369,12 @@ impl Workload {
             format!("{:.0}% {reads} reads", self.read_ratio * 100.0)
         };
         format!(
-            "{} clients, {} keys of {} bytes, {}-byte values, {mix}{}, {} measured after {} warm-up (seed {})",
+            "{} clients ({}), {} keys of {} bytes, {}-byte values, {mix}{}, {} measured after {} warm-up (seed {})",
             self.clients,
+            match self.connections {
+                Connections::Node => "a connection per node",
+                Connections::Client => "a connection each",
+            },
             self.keys,
             self.key_size,
             self.value_size,
@@ -619,7 +684,6 @@ async fn run_system<H: KvHandle>(
 }
 
 async fn keel(args: &KvBenchArgs, workload: &Workload) -> anyhow::Result<SystemReport> {
-    let mut handles = Vec::new();
     for endpoint in &args.endpoints {
         let client = Client::new(endpoint);
         let ready = client.ready().await.map_err(|e| {
@@ -630,7 +694,13 @@ async fn keel(args: &KvBenchArgs, workload: &Workload) -> anyhow::Result<SystemR
                 "{endpoint} is not ready; see `keel status --endpoint {endpoint}`"
             )));
         }
-        handles.push(KeelHandle::connect(endpoint).await?);
+    }
+    let mut handles = Vec::new();
+    for endpoint in workload
+        .connections
+        .endpoints(&args.endpoints, workload.clients)
+    {
+        handles.push(KeelHandle::connect(endpoint, workload.connections).await?);
     }
     run_system(
         "keel",
@@ -658,7 +728,7 @@ pub fn run(args: &KvBenchArgs, out: Output) -> anyhow::Result<()> {
             None
         } else {
             // Connect first, so a wrong etcd address fails before Keel's run.
-            Some(super::etcd::Etcd::connect(&args.etcd).await?)
+            Some(super::etcd::Etcd::connect(&args.etcd, &workload).await?)
         };
         let keel = keel(args, &workload).await?;
         #[cfg(feature = "etcd")]
@@ -803,7 +873,28 @@ mod tests {
             duration_secs: 1.0,
             warmup_secs: 0.0,
             preload: false,
+            connections: Connections::Node,
             seed: 7,
+        }
+    }
+
+    #[test]
+    fn clients_reach_the_same_node_with_either_kind_of_connection() {
+        let endpoints: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        for connections in [Connections::Node, Connections::Client] {
+            let opened = connections.endpoints(&endpoints, 8);
+            let expected = match connections {
+                Connections::Node => 3,
+                Connections::Client => 8,
+            };
+            assert_eq!(opened.len(), expected, "{connections:?}");
+            for client in 0..8 {
+                assert_eq!(
+                    opened[client % opened.len()],
+                    &endpoints[client % 3],
+                    "{connections:?}, client {client}"
+                );
+            }
         }
     }
 
