@@ -837,10 +837,67 @@ pub fn flush(objects: &Objects, link: &Link, batch: &mut PackBatch) -> Hash {
                 batch.add_blob(hash, &bytes);
             }
             cell.set_hash(hash);
-            objects.nodes.insert(hash, cell.clone());
+            objects.nodes.insert(hash, detached(cell, hash));
             hash
         }
     }
+}
+
+/// The cell the node cache keeps for a flushed `cell`: the same node with
+/// its children by hash. A cached node must not hold loaded children: the
+/// cache weighs only the node itself, and a loaded child would keep alive
+/// every node under it long after the tree replaced them (a node's memory
+/// grew with every write). Leaves without sub-directories are shared as is.
+fn detached(cell: &Arc<NodeCell>, hash: Hash) -> Arc<NodeCell> {
+    let by_hash = |link: &Link| {
+        Link::Stored(
+            link.known_hash()
+                .expect("a node's children are flushed before it"),
+        )
+    };
+    let node = match &cell.node {
+        Node::Branch(branch) => Node::Branch(Branch {
+            level: branch.level,
+            children: branch
+                .children
+                .iter()
+                .map(|child| Child {
+                    last: child.last.clone(),
+                    count: child.count,
+                    link: by_hash(&child.link),
+                })
+                .collect(),
+        }),
+        Node::Leaf(leaf) if leaf.entries.iter().any(holds_a_loaded_dir) => Node::Leaf(Leaf {
+            entries: leaf
+                .entries
+                .iter()
+                .map(|entry| match &entry.value {
+                    EntryValue::Dir { root, count } => Entry {
+                        name: entry.name.clone(),
+                        revision: entry.revision,
+                        value: EntryValue::Dir {
+                            root: by_hash(root),
+                            count: *count,
+                        },
+                    },
+                    _ => entry.clone(),
+                })
+                .collect(),
+        }),
+        Node::Leaf(_) => return cell.clone(),
+    };
+    Arc::new(NodeCell::stored(node, hash))
+}
+
+fn holds_a_loaded_dir(entry: &Entry) -> bool {
+    matches!(
+        &entry.value,
+        EntryValue::Dir {
+            root: Link::Loaded(_),
+            ..
+        }
+    )
 }
 
 /// The hash of the empty directory.
@@ -1336,6 +1393,82 @@ mod tests {
         };
         assert_eq!(count, 3000);
         check_canonical(&objects, &dir).unwrap().unwrap();
+    }
+
+    /// A weak reference to every in-memory node under `link`.
+    fn loaded_cells(link: &Link, out: &mut Vec<std::sync::Weak<NodeCell>>) {
+        let Link::Loaded(cell) = link else { return };
+        out.push(Arc::downgrade(cell));
+        match &cell.node {
+            Node::Branch(branch) => {
+                for child in &branch.children {
+                    loaded_cells(&child.link, out);
+                }
+            }
+            Node::Leaf(leaf) => {
+                for entry in &leaf.entries {
+                    if let EntryValue::Dir { root, .. } = &entry.value {
+                        loaded_cells(root, out);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_node_cache_keeps_no_node_the_tree_replaced_alive() {
+        let (_dir, objects) = objects();
+        let mut root = Link::empty_dir();
+        let names: Vec<String> = (0..3000).map(|i| format!("k{i:05}")).collect();
+        let flush_all = |root: &Link| {
+            let mut batch = PackBatch::new();
+            flush(&objects, root, &mut batch);
+            objects.pack.write(batch, None, false).unwrap();
+        };
+        for name in &names {
+            put_path(&objects, &mut root, &["dir", name], value(), 1).unwrap();
+        }
+        flush_all(&root);
+        let mut old = Vec::new();
+        loaded_cells(&root, &mut old);
+        assert!(old.len() > 300, "{} nodes", old.len());
+        // Every leaf and branch changes, so the flushed ones are copied.
+        for name in &names {
+            put_path(&objects, &mut root, &["dir", name], value(), 2).unwrap();
+        }
+        flush_all(&root);
+        // What outlives the tree is only what the cache holds and weighs:
+        // its own entries, none of them holding a node by pointer.
+        let mut alive = 0;
+        for cell in old.iter().filter_map(std::sync::Weak::upgrade) {
+            alive += 1;
+            let cached = objects.nodes.get(&cell.hash().unwrap());
+            assert!(
+                cached.is_some_and(|cached| Arc::ptr_eq(&cached, &cell)),
+                "a replaced node outside the cache is still in memory: {:?}",
+                cell.node
+            );
+            let mut under = Vec::new();
+            loaded_cells(&Link::Loaded(cell), &mut under);
+            assert_eq!(under.len(), 1, "a cached node holds loaded children");
+        }
+        assert!(alive < old.len(), "no replaced node was freed");
+        assert_eq!(
+            get_path(&objects, &root, &["dir", "k02999"])
+                .unwrap()
+                .unwrap()
+                .revision,
+            2
+        );
+        // And reading through the cache from the root's hash finds the same.
+        let stored = Link::Stored(root.known_hash().unwrap());
+        assert_eq!(
+            get_path(&objects, &stored, &["dir", "k00000"])
+                .unwrap()
+                .unwrap()
+                .revision,
+            2
+        );
     }
 
     #[test]
