@@ -524,6 +524,12 @@ fn entry_in_place<'a>(link: &'a mut Link, name: &str) -> Option<&'a mut Entry> {
 fn make_private<'a>(objects: &Objects, link: &'a mut Link) -> Result<&'a mut Node> {
     if private_node(link).is_none() {
         let copy = objects.resolve(link)?.node.clone();
+        // The tree moves on from this version: its place in the cache goes
+        // to nodes still in use (only a reader of an older state may want it
+        // again, and the pack still holds it).
+        if let Some(hash) = link.known_hash() {
+            objects.nodes.remove(&hash);
+        }
         *link = Link::Loaded(Arc::new(NodeCell::new(copy)));
     }
     Ok(private_node(link).expect("a node just copied is private"))
