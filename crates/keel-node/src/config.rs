@@ -32,6 +32,9 @@
 //! rate_bytes_per_sec = 8388608         # re-hash stored blobs at most this fast; 0 disables
 //! pause_between_passes_ms = 60000      # rest between two passes over the tree
 //!
+//! [store]
+//! cache_bytes = 268435456              # decoded directory nodes kept in memory (256 MiB)
+//!
 //! [disk]
 //! low_watermark_bytes = 134217728      # below 128 MiB free, client writes are refused (507)
 //! reserve_bytes = 67108864             # D/reserve: 64 MiB kept for what cannot be refused (0: none)
@@ -135,6 +138,24 @@ impl PrimarySettings {
     }
 }
 
+/// The local store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// Memory for decoded directory nodes. Beyond it, nodes are read again
+    /// from the pack (usually the page cache) and decoded; a key space
+    /// whose nodes fit is served from memory.
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreSettings {
+    fn default() -> StoreSettings {
+        StoreSettings {
+            cache_bytes: keel_store::store::CACHE_BYTES_DEFAULT,
+        }
+    }
+}
+
 /// Disk-space safety: low-space mode and the reserve (see the module doc).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -232,6 +253,7 @@ pub struct NodeConfig {
     pub raft: RaftSettings,
     pub membership: MembershipSettings,
     pub primary: PrimarySettings,
+    pub store: StoreSettings,
     pub disk: DiskSettings,
     pub health: HealthSettings,
     pub scrub: ScrubSettings,
@@ -246,6 +268,7 @@ impl Default for NodeConfig {
             raft: RaftSettings::default(),
             membership: MembershipSettings::default(),
             primary: PrimarySettings::default(),
+            store: StoreSettings::default(),
             disk: DiskSettings::default(),
             health: HealthSettings::default(),
             scrub: ScrubSettings::default(),
@@ -292,5 +315,24 @@ impl NodeConfig {
             ..Default::default()
         };
         Ok(config.validate()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_file_sets_the_node_cache_and_rejects_unknown_store_settings() {
+        let config: NodeConfig = toml::from_str("[store]\ncache_bytes = 1048576\n").unwrap();
+        assert_eq!(config.store.cache_bytes, 1 << 20);
+        assert_eq!(config.disk, DiskSettings::default());
+        let default: NodeConfig = toml::from_str("").unwrap();
+        assert_eq!(
+            default.store.cache_bytes,
+            keel_store::store::CACHE_BYTES_DEFAULT
+        );
+        let error = toml::from_str::<NodeConfig>("[store]\ncache_mb = 1\n").unwrap_err();
+        assert!(error.to_string().contains("cache_mb"), "{error}");
     }
 }

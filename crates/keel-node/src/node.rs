@@ -97,6 +97,7 @@ impl Node {
         let options = StoreOptions {
             deterministic_revisions: true,
             space_limit: faults.space_limit(),
+            cache_bytes: config.store.cache_bytes,
             ..StoreOptions::default()
         };
         let dir = config.data_dir.clone();

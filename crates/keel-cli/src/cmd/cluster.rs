@@ -41,6 +41,10 @@ pub struct ServeArgs {
     /// Rest between two scrub passes (default 60s).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub scrub_pause: Option<std::time::Duration>,
+    /// Memory for decoded directory nodes, e.g. 256MiB (the default). A key
+    /// space whose nodes fit is served without reading the pack.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub cache: Option<u64>,
     /// Refuse client writes with less than this free on the data directory's
     /// file system, e.g. 128MiB (the default).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -85,6 +89,9 @@ impl ServeArgs {
         }
         if let Some(after) = self.primary_dead_after {
             config.primary.dead_after_ms = after.as_millis() as u64;
+        }
+        if let Some(bytes) = self.cache {
+            config.store.cache_bytes = bytes;
         }
         if let Some(bytes) = self.disk_low_watermark {
             config.disk.low_watermark_bytes = bytes;
