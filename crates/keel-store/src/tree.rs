@@ -1438,10 +1438,27 @@ mod tests {
         let mut old = Vec::new();
         loaded_cells(&root, &mut old);
         assert!(old.len() > 300, "{} nodes", old.len());
-        // Every leaf and branch changes, so the flushed ones are copied.
+        // The cache holds what the flush wrote, each node by itself.
+        for cell in old.iter().filter_map(std::sync::Weak::upgrade) {
+            let cached = objects.nodes.get(&cell.hash().unwrap()).unwrap();
+            let mut under = Vec::new();
+            loaded_cells(&Link::Loaded(cached), &mut under);
+            assert_eq!(under.len(), 1, "a cached node holds loaded children");
+        }
+        let old_hashes: Vec<Hash> = old
+            .iter()
+            .filter_map(|cell| cell.upgrade()?.hash())
+            .collect();
+        // Every leaf and branch changes, so the flushed ones are copied, and
+        // the versions the tree left behind leave the cache.
         for name in &names {
             put_path(&objects, &mut root, &["dir", name], value(), 2).unwrap();
         }
+        let still_cached = old_hashes
+            .iter()
+            .filter(|hash| objects.nodes.get(*hash).is_some())
+            .count();
+        assert_eq!(still_cached, 0, "replaced nodes still in the cache");
         flush_all(&root);
         // What outlives the tree is only what the cache holds and weighs:
         // its own entries, none of them holding a node by pointer.
