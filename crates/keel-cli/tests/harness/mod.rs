@@ -352,7 +352,10 @@ impl Cluster {
     }
 
     /// Waits until every running member reports the same root at the same
-    /// revision, and returns it.
+    /// revision, with all it applied flushed into that root, and returns it.
+    /// (Flushed roots alone can agree on an older state while a replica has
+    /// yet to apply what the others did: after a full disk postponed every
+    /// node's flushes, say.)
     pub async fn wait_equal_roots(&self, timeout: Duration) -> (u64, String) {
         let clients: Vec<Client> = self
             .running()
@@ -365,7 +368,9 @@ impl Cluster {
             let mut roots = Vec::new();
             for client in &clients {
                 if let Ok(status) = client.status().await {
-                    roots.push((status.root_revision, status.root.unwrap_or_default()));
+                    if status.revision == status.root_revision {
+                        roots.push((status.root_revision, status.root.unwrap_or_default()));
+                    }
                 }
             }
             if roots.len() == clients.len()
