@@ -365,24 +365,30 @@ impl Cluster {
         let agreed;
         let started = Instant::now();
         loop {
-            let mut roots = Vec::new();
+            // (applied revision, flushed revision, flushed root) per node.
+            let mut states = Vec::new();
             for client in &clients {
                 if let Ok(status) = client.status().await {
-                    if status.revision == status.root_revision {
-                        roots.push((status.root_revision, status.root.unwrap_or_default()));
-                    }
+                    states.push((
+                        status.revision,
+                        status.root_revision,
+                        status.root.unwrap_or_default(),
+                    ));
                 }
             }
-            if roots.len() == clients.len()
-                && roots.windows(2).all(|w| w[0] == w[1])
-                && roots[0].0 > 0
+            if states.len() == clients.len()
+                && states
+                    .iter()
+                    .all(|(applied, flushed, _)| applied == flushed)
+                && states.windows(2).all(|w| w[0] == w[1])
+                && states[0].1 > 0
             {
-                agreed = roots[0].clone();
+                agreed = (states[0].1, states[0].2.clone());
                 break;
             }
             assert!(
                 started.elapsed() < timeout,
-                "replicas did not converge on one root: {roots:?}"
+                "replicas did not converge on one fully flushed root (applied, flushed, root): {states:?}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
