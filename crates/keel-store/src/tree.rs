@@ -88,27 +88,51 @@ impl Objects {
         }
     }
 
-    /// Loads a directory node, verifying its hash and decoding it. The empty
-    /// directory is implicit: it needs no blob and so can never be missing.
+    /// Loads a directory node through the cache.
     pub fn node(&self, hash: &Hash) -> Result<Arc<NodeCell>> {
         if let Some(cell) = self.nodes.get(hash) {
             return Ok(cell);
         }
-        if *hash == empty_dir_hash() {
-            let empty = Node::Leaf(Leaf {
-                entries: Vec::new(),
-            });
-            return Ok(Arc::new(NodeCell::stored(empty, *hash)));
+        let cell = Arc::new(self.read_node(hash)?);
+        if *hash != empty_dir_hash() {
+            self.nodes.insert(*hash, cell.clone());
         }
-        let bytes = self.pack.get(hash)?;
-        let node = decode_node(&bytes).map_err(|reason| StoreError::Undecodable {
-            what: "directory node",
-            hash: *hash,
-            reason,
-        })?;
-        let cell = Arc::new(NodeCell::stored(node, *hash));
-        self.nodes.insert(*hash, cell.clone());
         Ok(cell)
+    }
+
+    /// Reads a directory node past the cache, verifying its hash and
+    /// decoding it. The empty directory is implicit: it needs no blob and so
+    /// can never be missing.
+    fn read_node(&self, hash: &Hash) -> Result<NodeCell> {
+        let node = if *hash == empty_dir_hash() {
+            Node::Leaf(Leaf {
+                entries: Vec::new(),
+            })
+        } else {
+            let bytes = self.pack.get(hash)?;
+            decode_node(&bytes).map_err(|reason| StoreError::Undecodable {
+                what: "directory node",
+                hash: *hash,
+                reason,
+            })?
+        };
+        Ok(NodeCell::stored(node, *hash))
+    }
+
+    /// A copy of the node at `link` for the writer to edit. The version it
+    /// replaces leaves the cache, whose place goes to nodes still in use
+    /// (only a reader of an older state may want it again, and the pack
+    /// still holds it); one read from the pack is not cached at all.
+    pub fn copy_for_edit(&self, link: &Link) -> Result<Node> {
+        let cached = link
+            .known_hash()
+            .and_then(|hash| self.nodes.remove(&hash))
+            .map(|(_, cell)| cell);
+        match (link, cached) {
+            (Link::Loaded(cell), _) => Ok(cell.node.clone()),
+            (Link::Stored(_), Some(cell)) => Ok(cell.node.clone()),
+            (Link::Stored(hash), None) => Ok(self.read_node(hash)?.node),
+        }
     }
 
     pub fn resolve(&self, link: &Link) -> Result<Arc<NodeCell>> {
@@ -523,13 +547,7 @@ fn entry_in_place<'a>(link: &'a mut Link, name: &str) -> Option<&'a mut Entry> {
 /// stays as it is.
 fn make_private<'a>(objects: &Objects, link: &'a mut Link) -> Result<&'a mut Node> {
     if private_node(link).is_none() {
-        let copy = objects.resolve(link)?.node.clone();
-        // The tree moves on from this version: its place in the cache goes
-        // to nodes still in use (only a reader of an older state may want it
-        // again, and the pack still holds it).
-        if let Some(hash) = link.known_hash() {
-            objects.nodes.remove(&hash);
-        }
+        let copy = objects.copy_for_edit(link)?;
         *link = Link::Loaded(Arc::new(NodeCell::new(copy)));
     }
     Ok(private_node(link).expect("a node just copied is private"))
