@@ -508,6 +508,70 @@ pub fn tag_of(bytes: &[u8]) -> Option<u8> {
 }
 
 /// Decodes a directory node (leaf or branch).
+/// What a blob holds, as far as a collection must follow its references.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlobKind {
+    /// A directory node: it refers to its children and its entries' values.
+    Node,
+    /// A chunk list: it refers to chunks or lower lists.
+    ChunkList,
+    /// Value bytes: no references.
+    Data,
+}
+
+/// The blobs an encoded directory node refers to, without decoding it:
+/// a collection reads every retained tree, and building each node (names,
+/// copies of inline values) cost far more than finding its few references.
+/// Checks the structure as far as it reads it; not a substitute for
+/// [`decode_node`].
+pub fn node_references(bytes: &[u8], found: &mut dyn FnMut(Hash, BlobKind)) -> DecodeResult<()> {
+    let mut r = Reader { bytes, at: 0 };
+    let skip_name = |r: &mut Reader<'_>| -> DecodeResult<()> {
+        let len = r.u16()? as usize;
+        r.take(len).map(drop)
+    };
+    match tag_of(bytes) {
+        Some(TAG_LEAF) => {
+            r.header(TAG_LEAF)?;
+            for _ in 0..r.u32()? {
+                skip_name(&mut r)?;
+                r.u64()?;
+                match r.u8()? {
+                    1 => {
+                        let len = r.u32()? as usize;
+                        r.take(len)?;
+                    }
+                    2 => {
+                        found(r.hash()?, BlobKind::Data);
+                        r.u64()?;
+                    }
+                    3 => {
+                        found(r.hash()?, BlobKind::ChunkList);
+                        r.u64()?;
+                    }
+                    4 => {
+                        found(r.hash()?, BlobKind::Node);
+                        r.u64()?;
+                    }
+                    kind => return Err(format!("unknown entry kind {kind}")),
+                }
+            }
+        }
+        Some(TAG_BRANCH) => {
+            r.header(TAG_BRANCH)?;
+            r.u8()?;
+            for _ in 0..r.u32()? {
+                skip_name(&mut r)?;
+                r.u64()?;
+                found(r.hash()?, BlobKind::Node);
+            }
+        }
+        Some(tag) => return Err(format!("object tag {tag:#04x} is not a directory node")),
+        None => return Err("empty object".into()),
+    }
+    r.finish()
+}
+
 pub fn decode_node(bytes: &[u8]) -> DecodeResult<Node> {
     match tag_of(bytes) {
         Some(TAG_LEAF) => decode_leaf(bytes).map(Node::Leaf),
@@ -690,6 +754,92 @@ mod tests {
         assert_eq!(decoded.level, 2);
         assert_eq!(decoded.children[1].count, 3);
         assert_eq!(Node::Branch(decoded).count(), 43);
+    }
+
+    #[test]
+    fn node_references_finds_what_decoding_finds() {
+        let h = |text: &str| Hash::of(text.as_bytes());
+        let entry = |name: &str, value| Entry {
+            name: Name::from(name),
+            revision: 3,
+            value,
+        };
+        let leaf = Node::Leaf(Leaf {
+            entries: vec![
+                entry("a", EntryValue::Inline(Bytes::from_static(b"inline"))),
+                entry(
+                    "b",
+                    EntryValue::Blob {
+                        hash: h("b"),
+                        size: 9,
+                    },
+                ),
+                entry(
+                    "c",
+                    EntryValue::Chunked {
+                        list: h("c"),
+                        size: 99,
+                    },
+                ),
+                entry(
+                    "d",
+                    EntryValue::Dir {
+                        root: Link::Stored(h("d")),
+                        count: 2,
+                    },
+                ),
+            ],
+        });
+        let branch = Node::Branch(Branch {
+            level: 1,
+            children: vec![
+                Child {
+                    last: Name::from("m"),
+                    count: 4,
+                    link: Link::Stored(h("m")),
+                },
+                Child {
+                    last: Name::from("z"),
+                    count: 1,
+                    link: Link::Stored(h("z")),
+                },
+            ],
+        });
+        let cases = [
+            (
+                leaf,
+                vec![
+                    (h("b"), BlobKind::Data),
+                    (h("c"), BlobKind::ChunkList),
+                    (h("d"), BlobKind::Node),
+                ],
+            ),
+            (
+                branch,
+                vec![(h("m"), BlobKind::Node), (h("z"), BlobKind::Node)],
+            ),
+        ];
+        for (node, expected) in cases {
+            let bytes = encode_node(&node, &mut |link| link.known_hash().unwrap());
+            let mut found = Vec::new();
+            node_references(&bytes, &mut |hash, kind| found.push((hash, kind))).unwrap();
+            assert_eq!(found, expected);
+            // Damage is an error, never a panic.
+            for cut in 0..bytes.len() {
+                assert!(
+                    node_references(&bytes[..cut], &mut |_, _| {}).is_err(),
+                    "cut at {cut}"
+                );
+            }
+        }
+        let list = encode_chunk_list(&ChunkList {
+            level: 0,
+            entries: vec![(h("x"), 1)],
+        });
+        assert!(
+            node_references(&list, &mut |_, _| {}).is_err(),
+            "a chunk list is no node"
+        );
     }
 
     #[test]

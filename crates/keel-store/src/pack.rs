@@ -25,7 +25,7 @@ use crate::error::{IoContext, Result, StoreError};
 use crate::frame::{self, KIND_PADDING};
 use crate::fsutil::{fsync_dir, write_atomic};
 use crate::hash::{Hash, HASH_BYTES};
-use crate::object::BLOB_BYTES_MAX;
+use crate::object::{BlobKind, BLOB_BYTES_MAX};
 use crate::segment::{Mode, SegmentLog};
 
 /// Record kinds of pack segments.
@@ -243,6 +243,9 @@ pub struct Pack {
     index: RwLock<HashMapByHash<Location>>,
     writer: Mutex<WriterState>,
     segment_bytes_target: u64,
+    /// While a collection runs: every stored blob a write reused instead of
+    /// writing it again (see [`Pack::reuse`]).
+    reused: Mutex<Option<Vec<(Hash, BlobKind)>>>,
 }
 
 impl Pack {
@@ -262,6 +265,7 @@ impl Pack {
             index: RwLock::new(HashMapByHash::default()),
             writer: Mutex::new(WriterState::default()),
             segment_bytes_target,
+            reused: Mutex::new(None),
         };
         let recovery = pack.load(mode)?;
         Ok((pack, recovery))
@@ -438,6 +442,41 @@ impl Pack {
 
     pub fn contains(&self, hash: &Hash) -> bool {
         self.index.read().contains_key(hash)
+    }
+
+    /// Whether a blob about to be referenced is stored already, so that the
+    /// writer need not write it again. Every writer that skips a stored blob
+    /// asks here rather than [`Pack::contains`]: while a collection runs, a
+    /// reused blob is recorded, because the collection's mark may have found
+    /// it garbage (an older version of a node can come back when a value is
+    /// set back), and it must survive (see `Store::gc`).
+    pub fn reuse(&self, hash: &Hash, kind: BlobKind) -> bool {
+        if !self.contains(hash) {
+            return false;
+        }
+        if let Some(reused) = self.reused.lock().as_mut() {
+            reused.push((*hash, kind));
+        }
+        true
+    }
+
+    /// Starts recording reused blobs for a collection.
+    pub fn begin_collection(&self) {
+        *self.reused.lock() = Some(Vec::new());
+    }
+
+    /// The blobs reused since the collection began (or since the last call).
+    pub fn take_reused(&self) -> Vec<(Hash, BlobKind)> {
+        self.reused
+            .lock()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Stops recording reused blobs.
+    pub fn end_collection(&self) {
+        *self.reused.lock() = None;
     }
 
     pub fn location(&self, hash: &Hash) -> Option<Location> {
@@ -708,13 +747,26 @@ impl Pack {
 
     // ------------------------------------------------------------ compaction
 
-    /// Bytes of each sealed segment and the bytes of its blobs in `live`.
-    pub fn segment_usage(&self, live: &dyn Fn(&Hash) -> bool) -> Vec<SegmentUsage> {
+    /// The sealed segments (all but the active one), oldest first.
+    pub fn sealed_segments(&self) -> Vec<u32> {
         let active = self.log.active_id();
-        let mut usage: std::collections::BTreeMap<u32, SegmentUsage> = self
-            .log
+        self.log
             .segment_ids()
             .into_iter()
+            .filter(|id| Some(*id) != active)
+            .collect()
+    }
+
+    /// Bytes of each of `segments` (sealed) and the bytes of its blobs in `live`.
+    pub fn segment_usage(
+        &self,
+        segments: &[u32],
+        live: &dyn Fn(&Hash) -> bool,
+    ) -> Vec<SegmentUsage> {
+        let active = self.log.active_id();
+        let mut usage: std::collections::BTreeMap<u32, SegmentUsage> = segments
+            .iter()
+            .copied()
             .filter(|id| Some(*id) != active)
             .map(|id| {
                 let bytes = std::fs::metadata(self.log.path_of(id))
@@ -743,48 +795,59 @@ impl Pack {
         usage.into_values().collect()
     }
 
-    /// Copies `live` blobs of a sealed segment to the active segment, then
-    /// removes the segment. Refuses (returning `Ok(false)`) when a live blob
-    /// fails verification: its stored bytes stay where they are.
-    pub fn compact_segment(&self, segment: u32, live: &[Hash]) -> Result<bool> {
-        assert_ne!(
-            Some(segment),
-            self.log.active_id(),
-            "cannot compact the active segment"
-        );
+    /// The segment that holds a blob, if any.
+    pub fn segment_of(&self, hash: &Hash) -> Option<u32> {
+        self.location(hash).map(|location| location.segment)
+    }
+
+    /// Copies blobs (from sealed segments about to be dropped) to the active
+    /// segment, durably, and points the index at the copies. Refuses
+    /// (returning `Ok(false)`, copying nothing) when one fails verification:
+    /// its stored bytes stay where they are.
+    pub fn copy_blobs(&self, hashes: &[Hash]) -> Result<bool> {
         let mut batch = PackBatch::new();
-        for hash in live {
+        for hash in hashes {
             match self.get(hash) {
-                Ok(bytes) => {
-                    // Copy even though the index already knows the hash: it
-                    // must be re-homed before its segment goes.
-                    batch.add_blob(*hash, &bytes);
-                }
+                // Copied although the index knows the hash: it must be
+                // re-homed before its segment goes.
+                Ok(bytes) => batch.add_blob(*hash, &bytes),
                 Err(error) => {
-                    tracing::warn!(segment, %hash, %error, "not compacting a segment with an unreadable live blob");
+                    tracing::warn!(%hash, %error, "not compacting a segment with an unreadable live blob");
                     return Ok(false);
                 }
             }
         }
+        if batch.is_empty() {
+            return Ok(true);
+        }
+        let mut writer = self.writer.lock();
+        self.roll_if_full(&mut writer, batch.buffer.len() as u64)?;
+        self.mark_synced(&mut writer)?;
+        let (target, start) = self.log.append(&batch.buffer)?;
+        self.sync_locked(&mut writer)?;
+        let mut index = self.index.write();
+        for (hash, offset_in_batch, len) in &batch.blobs {
+            let location = Location {
+                segment: target,
+                offset: start + *offset_in_batch as u64,
+                len: *len,
+            };
+            index.insert(*hash, location);
+            writer.active_entries.push((*hash, location));
+        }
+        Ok(true)
+    }
+
+    /// Removes a sealed segment whose live blobs were copied elsewhere
+    /// ([`Pack::copy_blobs`]), with everything else it held.
+    pub fn drop_segment(&self, segment: u32) -> Result<()> {
+        assert_ne!(
+            Some(segment),
+            self.log.active_id(),
+            "cannot drop the active segment"
+        );
         {
-            let mut writer = self.writer.lock();
-            if !batch.is_empty() {
-                self.roll_if_full(&mut writer, batch.buffer.len() as u64)?;
-                self.mark_synced(&mut writer)?;
-                let (target, start) = self.log.append(&batch.buffer)?;
-                self.sync_locked(&mut writer)?;
-                let mut index = self.index.write();
-                for (hash, offset_in_batch, len) in &batch.blobs {
-                    let location = Location {
-                        segment: target,
-                        offset: start + *offset_in_batch as u64,
-                        len: *len,
-                    };
-                    index.insert(*hash, location);
-                    writer.active_entries.push((*hash, location));
-                }
-            }
-            // Forget everything else that lived in the segment.
+            let _writer = self.writer.lock();
             self.index
                 .write()
                 .retain(|_, location| location.segment != segment);
@@ -797,7 +860,7 @@ impl Pack {
         }
         self.log.remove(segment)?;
         fsync_dir(self.log.dir())?;
-        Ok(true)
+        Ok(())
     }
 }
 

@@ -992,7 +992,7 @@ impl Store {
             }
             state.1 = true;
         }
-        let result = self.gc_exclusive(force);
+        let result = self.gc_pass(force);
         gate.state.lock().1 = false;
         gate.changed.notify_all();
         let mut report = result?;
@@ -1000,7 +1000,28 @@ impl Store {
         Ok(Some(report))
     }
 
-    fn gc_exclusive(&self, force: bool) -> Result<GcReport> {
+    /// One collection. Writes go on while it marks and copies: it holds the
+    /// writer lock only to take its roots and to drop each segment.
+    ///
+    /// Why no blob a commit refers to is lost: only segments sealed when the
+    /// collection starts are dropped, and from them only blobs that nothing
+    /// reached from the roots then (the writer's tree among them) and that no
+    /// write reused since. A later commit refers to new blobs (in the active
+    /// segment or a newer one: never dropped), to nodes of the writer's tree
+    /// as it was at the start or to stored blobs a write reused, which the
+    /// pack records while a collection runs ([`Pack::reuse`]). Each segment
+    /// is dropped under the writer lock right after a look at that record,
+    /// so nothing is reused between the look and the removal.
+    fn gc_pass(&self, force: bool) -> Result<GcReport> {
+        let (roots, sealed) = self.begin_collection()?;
+        let collected = self.collect(force, roots, &sealed);
+        self.inner.objects.pack.end_collection();
+        collected
+    }
+
+    /// Under the writer lock: the roots of a collection and the segments it
+    /// may drop; from here on the pack records reused blobs.
+    fn begin_collection(&self) -> Result<(Vec<Link>, Vec<u32>)> {
         let objects = &self.inner.objects;
         let writer = self.inner.writer.lock();
         objects.pack.ensure_head_in_active()?;
@@ -1014,40 +1035,78 @@ impl Store {
         checkpoints.persist_retention()?;
         roots.extend(checkpoints.history().iter().map(|c| Link::Stored(c.root)));
         drop(checkpoints);
+        objects.pack.begin_collection();
+        Ok((roots, objects.pack.sealed_segments()))
+    }
+
+    fn collect(&self, force: bool, roots: Vec<Link>, sealed: &[u32]) -> Result<GcReport> {
+        let objects = &self.inner.objects;
         let mut live = HashSet::new();
-        for root in &roots {
-            tree::mark(objects, root, &mut live, OnDamage::Fail, false).map_err(|error| {
-                StoreError::Damaged {
-                    path: self.dir().to_path_buf(),
-                    data_dir: self.dir().to_path_buf(),
-                    reason: format!(
-                        "garbage collection stopped, a live object is unreadable: {error}"
-                    ),
-                }
-            })?;
-        }
-        let mut report = GcReport {
-            live_blobs: live.len() as u64,
-            ..GcReport::default()
-        };
-        for usage in objects.pack.segment_usage(&|hash| live.contains(hash)) {
+        tree::mark_for_collection(objects, &roots, &mut live)
+            .map_err(|error| self.unreadable_live_object(error))?;
+        // Holding the writer's tree makes the writer copy what it edits.
+        drop(roots);
+        let mut report = GcReport::default();
+        for usage in objects
+            .pack
+            .segment_usage(sealed, &|hash| live.contains(hash))
+        {
             report.segments_examined += 1;
             let mostly_garbage = usage.live_bytes * 2 < usage.bytes;
             if !(force || mostly_garbage) {
                 continue;
             }
-            if objects
-                .pack
-                .compact_segment(usage.segment, &usage.live_blobs)?
-            {
+            if self.compact_segment(usage.segment, &mut live)? {
                 report.segments_compacted += 1;
                 report.bytes_reclaimed += usage.bytes.saturating_sub(usage.live_bytes);
             } else {
                 report.segments_skipped_damaged += 1;
             }
         }
-        drop(writer);
+        report.live_blobs = live.len() as u64;
         Ok(report)
+    }
+
+    /// Why a collection stopped: it must know every live object.
+    fn unreadable_live_object(&self, error: StoreError) -> StoreError {
+        StoreError::Damaged {
+            path: self.dir().to_path_buf(),
+            data_dir: self.dir().to_path_buf(),
+            reason: format!("garbage collection stopped, a live object is unreadable: {error}"),
+        }
+    }
+
+    /// Copies the live blobs out of a sealed segment and drops it, one
+    /// segment at a time so that space comes back as the collection goes
+    /// (it also runs when the disk is nearly full). The drop happens under
+    /// the writer lock, once the blobs writes reused since the collection
+    /// began, and what they refer to, are live too. `Ok(false)`: a live blob
+    /// is unreadable, and the segment stays.
+    fn compact_segment(&self, segment: u32, live: &mut HashSet<Hash>) -> Result<bool> {
+        let objects = &self.inner.objects;
+        let live_blobs = |live: &HashSet<Hash>| {
+            objects
+                .pack
+                .segment_usage(&[segment], &|hash| live.contains(hash))
+                .pop()
+                .map(|usage| usage.live_blobs)
+                .unwrap_or_default()
+        };
+        if !objects.pack.copy_blobs(&live_blobs(live))? {
+            return Ok(false);
+        }
+        let _writer = self.inner.writer.lock();
+        let reused = objects.pack.take_reused();
+        let revived = reused.iter().any(|(hash, _)| !live.contains(hash));
+        for (hash, kind) in reused {
+            tree::mark_blob(objects, &hash, kind, live)
+                .map_err(|error| self.unreadable_live_object(error))?;
+        }
+        if revived && !objects.pack.copy_blobs(&live_blobs(live))? {
+            return Ok(false);
+        }
+        objects.pack.drop_segment(segment)?;
+        Ok(true)
     }
 
     /// Flushes pending changes durably and records a clean shutdown.
@@ -1424,4 +1483,65 @@ pub fn damaged_checkpoints(store: &Store) -> BTreeSet<u64> {
         })
         .map(|c| c.sequence)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut state = seed | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    }
+
+    /// What writes do while a collection runs survives it: blobs they bring
+    /// back that the mark found garbage (here a large value set again: its
+    /// chunks and chunk list) are copied out of the segments it drops, and
+    /// segments sealed after it started (full of new blobs the mark never
+    /// saw) are not dropped.
+    #[test]
+    fn writes_made_while_a_collection_runs_survive_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = || StoreOptions {
+            segment_bytes_target: 16 * 1024,
+            ..StoreOptions::default()
+        };
+        let store = Store::init(dir.path(), options()).unwrap();
+        let large = noise(7, 300_000);
+        store.commit(&[Txn::put("k", large.clone())]).unwrap();
+        store.commit(&[Txn::put("k", b"small".to_vec())]).unwrap();
+        store.flush(Durability::Sync, None).unwrap();
+        let (roots, sealed) = store.begin_collection().unwrap();
+        assert!(!sealed.is_empty(), "the large value's segments are sealed");
+        // Between the mark's roots and its end, the old value comes back,
+        // and a new one fills (and seals) new segments.
+        let fresh = noise(8, 300_000);
+        store
+            .commit(&[
+                Txn::put("k", large.clone()),
+                Txn::put("fresh", fresh.clone()),
+            ])
+            .unwrap();
+        assert!(store.inner.objects.pack.sealed_segments().len() > sealed.len() + 1);
+        let report = store.collect(true, roots, &sealed).unwrap();
+        store.inner.objects.pack.end_collection();
+        assert!(report.segments_compacted > 0, "{report:?}");
+        let check = |store: &Store| {
+            let view = store.snapshot();
+            assert_eq!(view.get_value("k").unwrap().unwrap(), large);
+            assert_eq!(view.get_value("fresh").unwrap().unwrap(), fresh);
+        };
+        check(&store);
+        drop(store);
+        let store = Store::open(dir.path(), options()).unwrap();
+        check(&store);
+        assert!(!store.recovery().found_damage(), "{:?}", store.recovery());
+    }
 }

@@ -17,9 +17,10 @@ use quick_cache::Weighter;
 use crate::error::{Result, StoreError};
 use crate::hash::Hash;
 use crate::object::{
-    decode_chunk_list, decode_node, encode_chunk_list, encode_node, Branch, Child, ChunkList,
-    Entry, EntryValue, Leaf, Link, Name, NameKey, Node, NodeCell, CHUNK_BYTES_AVERAGE,
-    CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, CHUNK_LIST_ENTRIES_MAX, INLINE_VALUE_BYTES_MAX, ITEMS_MAX,
+    decode_chunk_list, decode_node, encode_chunk_list, encode_node, node_references, BlobKind,
+    Branch, Child, ChunkList, Entry, EntryValue, Leaf, Link, Name, NameKey, Node, NodeCell,
+    CHUNK_BYTES_AVERAGE, CHUNK_BYTES_MAX, CHUNK_BYTES_MIN, CHUNK_LIST_ENTRIES_MAX,
+    INLINE_VALUE_BYTES_MAX, ITEMS_MAX,
 };
 use crate::pack::{HashMapByHash, Pack, PackBatch};
 
@@ -857,7 +858,7 @@ pub fn flush(objects: &Objects, link: &Link, batch: &mut PackBatch) -> Hash {
             }
             let bytes = encode_node(&cell.node, &mut |child| flush(objects, child, batch));
             let hash = Hash::of(&bytes);
-            if !objects.pack.contains(&hash) {
+            if !objects.pack.reuse(&hash, BlobKind::Node) {
                 batch.add_blob(hash, &bytes);
             }
             cell.set_hash(hash);
@@ -1003,6 +1004,119 @@ pub fn mark(
     Ok(())
 }
 
+/// What a collection's mark still has to visit.
+enum Visit {
+    /// A node in memory (a tree being written, or cached).
+    Loaded(Arc<NodeCell>),
+    /// A stored blob.
+    Stored(Hash, BlobKind),
+}
+
+/// Marks everything reachable from `roots` live, for a collection. Like
+/// [`mark`], but a stored node is scanned for its references rather than
+/// decoded ([`node_references`]), and never enters the node cache: a
+/// collection reads every retained tree once, and caching them would push
+/// out the nodes that reads and writes use.
+pub fn mark_for_collection(
+    objects: &Objects,
+    roots: &[Link],
+    live: &mut HashSet<Hash>,
+) -> Result<()> {
+    let start = roots
+        .iter()
+        .map(|root| match root {
+            Link::Loaded(cell) => Visit::Loaded(cell.clone()),
+            Link::Stored(hash) => Visit::Stored(*hash, BlobKind::Node),
+        })
+        .collect();
+    mark_visits(objects, start, live)
+}
+
+/// Marks a stored blob of a known kind live, with everything it refers to
+/// (a blob a write reused while a collection ran).
+pub fn mark_blob(
+    objects: &Objects,
+    hash: &Hash,
+    kind: BlobKind,
+    live: &mut HashSet<Hash>,
+) -> Result<()> {
+    mark_visits(objects, vec![Visit::Stored(*hash, kind)], live)
+}
+
+fn mark_visits(objects: &Objects, mut stack: Vec<Visit>, live: &mut HashSet<Hash>) -> Result<()> {
+    while let Some(visit) = stack.pop() {
+        let cell = match visit {
+            Visit::Loaded(cell) => {
+                if cell.hash().is_some_and(|hash| !live.insert(hash)) {
+                    continue;
+                }
+                cell
+            }
+            Visit::Stored(hash, kind) => {
+                if !live.insert(hash) {
+                    continue;
+                }
+                match kind {
+                    BlobKind::Data => continue,
+                    BlobKind::ChunkList => {
+                        let list = objects.chunk_list(&hash)?;
+                        let kind = if list.level > 0 {
+                            BlobKind::ChunkList
+                        } else {
+                            BlobKind::Data
+                        };
+                        stack.extend(list.entries.iter().map(|(h, _)| Visit::Stored(*h, kind)));
+                        continue;
+                    }
+                    // The empty directory is implicit: no blob.
+                    BlobKind::Node if hash == empty_dir_hash() => continue,
+                    BlobKind::Node => match objects.nodes.peek(&hash) {
+                        Some(cell) => cell,
+                        None => {
+                            let bytes = objects.pack.get(&hash)?;
+                            node_references(&bytes, &mut |h, kind| {
+                                stack.push(Visit::Stored(h, kind))
+                            })
+                            .map_err(|reason| {
+                                StoreError::Undecodable {
+                                    what: "directory node",
+                                    hash,
+                                    reason,
+                                }
+                            })?;
+                            continue;
+                        }
+                    },
+                }
+            }
+        };
+        let link_visit = |link: &Link| match link {
+            Link::Loaded(cell) => Visit::Loaded(cell.clone()),
+            Link::Stored(hash) => Visit::Stored(*hash, BlobKind::Node),
+        };
+        match &cell.node {
+            Node::Branch(branch) => {
+                stack.extend(branch.children.iter().map(|child| link_visit(&child.link)));
+            }
+            Node::Leaf(leaf) => {
+                for entry in &leaf.entries {
+                    match &entry.value {
+                        EntryValue::Inline(_) => {}
+                        EntryValue::Dir { root, .. } => stack.push(link_visit(root)),
+                        EntryValue::Blob { hash, .. } => {
+                            stack.push(Visit::Stored(*hash, BlobKind::Data))
+                        }
+                        EntryValue::Chunked { list, .. } => {
+                            stack.push(Visit::Stored(*list, BlobKind::ChunkList))
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn mark_chunk_list(
     objects: &Objects,
     list: &Hash,
@@ -1039,7 +1153,7 @@ pub fn make_value(objects: &Objects, data: &[u8], batch: &mut PackBatch) -> Resu
     {
         let bytes = &data[chunk.offset..chunk.offset + chunk.length];
         let hash = Hash::of(bytes);
-        if !objects.pack.contains(&hash) {
+        if !objects.pack.reuse(&hash, BlobKind::Data) {
             batch.add_blob(hash, bytes);
         }
         chunks.push((hash, chunk.length as u64));
@@ -1089,7 +1203,7 @@ pub fn make_value_from_reader(
             });
         }
         let hash = Hash::of(&chunk.data);
-        if !objects.pack.contains(&hash) {
+        if !objects.pack.reuse(&hash, BlobKind::Data) {
             let mut batch = PackBatch::new();
             batch.add_blob(hash, &chunk.data);
             objects.pack.write(batch, None, false)?;
@@ -1125,7 +1239,7 @@ fn finish_chunks(
                 };
                 let bytes = encode_chunk_list(&list);
                 let hash = Hash::of(&bytes);
-                if !objects.pack.contains(&hash) {
+                if !objects.pack.reuse(&hash, BlobKind::ChunkList) {
                     batch.add_blob(hash, &bytes);
                 }
                 (hash, group.iter().map(|(_, s)| s).sum())

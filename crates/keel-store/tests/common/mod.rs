@@ -65,3 +65,14 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
         .unwrap();
     out
 }
+
+/// The random seed of a test: `KEEL_TEST_SEED` if set, else a fresh one;
+/// printed so that a failure can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let seed = match std::env::var("KEEL_TEST_SEED") {
+        Ok(text) => text.parse().expect("KEEL_TEST_SEED is a u64"),
+        Err(_) => rand::random(),
+    };
+    println!("{test} seed: {seed} (replay with KEEL_TEST_SEED={seed})");
+    seed
+}
