@@ -38,6 +38,8 @@
 //! [disk]
 //! low_watermark_bytes = 134217728      # below 128 MiB free, client writes are refused (507)
 //! reserve_bytes = 67108864             # D/reserve: 64 MiB kept for what cannot be refused (0: none)
+//! collect_after_bytes = 67108864       # collect the pack's garbage once it grew this much and
+//!                                      #   doubled since the last collection (0: only when low)
 //! ```
 //!
 //! The scrub reads every blob of the current tree and of the newest
@@ -165,6 +167,10 @@ pub struct DiskSettings {
     pub low_watermark_bytes: u64,
     /// Size of the preallocated `D/reserve` file (0: no reserve).
     pub reserve_bytes: u64,
+    /// A garbage collection runs in the background once the store's pack
+    /// has grown by at least this much and has doubled since the last one
+    /// (0: only in low-space mode).
+    pub collect_after_bytes: u64,
 }
 
 impl Default for DiskSettings {
@@ -172,6 +178,7 @@ impl Default for DiskSettings {
         DiskSettings {
             low_watermark_bytes: 128 * 1024 * 1024,
             reserve_bytes: 64 * 1024 * 1024,
+            collect_after_bytes: 64 * 1024 * 1024,
         }
     }
 }

@@ -119,6 +119,20 @@ pub struct Reclaimed {
     pub problems: Vec<String>,
 }
 
+/// What one background garbage collection did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Collected {
+    /// When it ended (milliseconds since the Unix epoch).
+    pub at_ms: u64,
+    pub elapsed_ms: u64,
+    pub pack_bytes_before: u64,
+    pub pack_bytes_after: u64,
+    pub segments_compacted: u64,
+    /// Why it stopped without collecting, if it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// This node's disk, as `GET /v1/disk` shows it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DiskStatus {
@@ -142,6 +156,9 @@ pub struct DiskStatus {
     pub last_enospc: Option<DiskEvent>,
     /// The last reclaim pass.
     pub last_reclaim: Option<Reclaimed>,
+    /// The last background garbage collection.
+    #[serde(default)]
+    pub last_collection: Option<Collected>,
     /// A file-system size injected by a test (fault injection only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub injected_limit_bytes: Option<u64>,
@@ -164,6 +181,10 @@ struct State {
     last_reclaim: Option<Reclaimed>,
     reclaiming: bool,
     reclaim_due: Option<Instant>,
+    /// The pack's size after the last background collection.
+    collected_at_pack_bytes: u64,
+    collecting: bool,
+    last_collection: Option<Collected>,
 }
 
 struct Inner {
@@ -228,6 +249,9 @@ impl Disk {
                     last_reclaim: None,
                     reclaiming: false,
                     reclaim_due: None,
+                    collected_at_pack_bytes: 0,
+                    collecting: false,
+                    last_collection: None,
                 }),
                 peers_low: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
@@ -366,6 +390,7 @@ impl Disk {
             reserve_present: state.reserve_present,
             last_enospc: state.last_enospc.clone(),
             last_reclaim: state.last_reclaim.clone(),
+            last_collection: state.last_collection.clone(),
             injected_limit_bytes: self.inner.faults.disk_limit(),
             measured_ms_ago: state.measured.elapsed().as_millis() as u64,
         }
@@ -470,6 +495,38 @@ impl Disk {
         let mut state = self.inner.state.lock();
         state.reclaiming = false;
         state.last_reclaim = Some(reclaimed);
+    }
+
+    /// Whether a background collection should start, with the pack at
+    /// `pack_bytes`: once it grew by `collect_after_bytes` and doubled since
+    /// the last one, so that collections cost time in proportion to the
+    /// writes and the pack stays within about twice what is live. Never
+    /// while space is low (reclaim collects then).
+    fn start_collection(&self, pack_bytes: u64) -> bool {
+        let after = self.inner.settings.collect_after_bytes;
+        let mut state = self.inner.state.lock();
+        let grown = pack_bytes.saturating_sub(state.collected_at_pack_bytes);
+        let due = after > 0
+            && grown >= after
+            && grown >= state.collected_at_pack_bytes
+            && !state.collecting
+            && !state.reclaiming
+            && state.low_since_ms.is_none();
+        state.collecting |= due;
+        due
+    }
+
+    /// Records a background collection; `None` when it did not run (a
+    /// snapshot fetch holds new blobs), to be tried again at the next check.
+    fn finish_collection(&self, collected: Option<Collected>) {
+        let mut state = self.inner.state.lock();
+        state.collecting = false;
+        if let Some(collected) = collected {
+            // After a failure too: the next attempt waits for more growth
+            // rather than failing again every second.
+            state.collected_at_pack_bytes = collected.pack_bytes_after;
+            state.last_collection = Some(collected);
+        }
     }
 }
 
@@ -620,6 +677,17 @@ impl Node {
                     Ok(false) => {}
                     Err(error) => tracing::error!(%error, "disk check failed"),
                 }
+                if node
+                    .inner
+                    .disk
+                    .start_collection(node.inner.store.stats().pack_bytes)
+                {
+                    let node = node.clone();
+                    tokio::spawn(async move {
+                        let collected = node.collect_garbage().await;
+                        node.inner.disk.finish_collection(collected);
+                    });
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(CHECK_INTERVAL) => {}
                     _ = node.inner.disk.inner.wake.notified() => {}
@@ -627,6 +695,35 @@ impl Node {
                 }
             }
         });
+    }
+
+    /// A background garbage collection (see [`Disk::start_collection`]);
+    /// `None` when a snapshot fetch keeps it from running now.
+    async fn collect_garbage(&self) -> Option<Collected> {
+        let started = Instant::now();
+        let store = self.inner.store.clone();
+        let pack_bytes_before = store.stats().pack_bytes;
+        let outcome = tokio::task::spawn_blocking(move || store.try_gc(false)).await;
+        let mut collected = Collected {
+            pack_bytes_before,
+            ..Collected::default()
+        };
+        match outcome {
+            Ok(Ok(None)) => return None,
+            Ok(Ok(Some(report))) => collected.segments_compacted = report.segments_compacted,
+            Ok(Err(error)) => collected.error = Some(error.to_string()),
+            Err(error) => collected.error = Some(error.to_string()),
+        }
+        collected.pack_bytes_after = self.inner.store.stats().pack_bytes;
+        collected.elapsed_ms = started.elapsed().as_millis() as u64;
+        collected.at_ms = now_ms();
+        match &collected.error {
+            None => tracing::info!(?collected, "collected the store's garbage"),
+            Some(error) => {
+                tracing::warn!(%error, "garbage collection failed; it runs again after more writes")
+            }
+        }
+        Some(collected)
     }
 
     /// One reclaim pass (see the module doc). Every step is attempted; what
@@ -666,7 +763,7 @@ impl Node {
             Ok(Ok(Some(report))) => reclaimed.gc_bytes_reclaimed = report.bytes_reclaimed,
             Ok(Ok(None)) => reclaimed
                 .problems
-                .push("garbage collection: skipped while a snapshot fetch holds new blobs".into()),
+                .push("garbage collection: skipped while another collection or a snapshot fetch holds the store".into()),
             Ok(Err(error)) => reclaimed
                 .problems
                 .push(format!("garbage collection: {error}")),
@@ -680,5 +777,61 @@ impl Node {
         reclaimed.at_ms = now_ms();
         tracing::info!(?reclaimed, "reclaimed disk space");
         reclaimed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn disk(collect_after_bytes: u64) -> (tempfile::TempDir, Disk) {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = DiskSettings {
+            collect_after_bytes,
+            ..DiskSettings::default()
+        };
+        let disk = Disk::new(1, dir.path(), settings, Faults::default());
+        (dir, disk)
+    }
+
+    fn collected(pack_bytes_after: u64) -> Option<Collected> {
+        Some(Collected {
+            pack_bytes_after,
+            ..Collected::default()
+        })
+    }
+
+    #[test]
+    fn a_collection_is_due_once_the_pack_grew_enough_and_doubled() {
+        let (_dir, disk) = disk(64 * MIB);
+        assert!(
+            !disk.start_collection(63 * MIB),
+            "grown less than the minimum"
+        );
+        assert!(disk.start_collection(64 * MIB));
+        assert!(
+            !disk.start_collection(500 * MIB),
+            "one collection at a time"
+        );
+        disk.finish_collection(collected(100 * MIB));
+        assert!(!disk.start_collection(199 * MIB), "not doubled yet");
+        assert!(disk.start_collection(200 * MIB));
+        disk.finish_collection(collected(190 * MIB));
+        assert!(!disk.start_collection(379 * MIB));
+        assert!(disk.start_collection(380 * MIB));
+        // One that could not run (a snapshot fetch) is tried again at once.
+        disk.finish_collection(None);
+        assert!(disk.start_collection(380 * MIB));
+    }
+
+    #[test]
+    fn no_background_collection_when_disabled_or_space_is_low() {
+        let (_dir, off) = disk(0);
+        assert!(!off.start_collection(u64::MAX / 2));
+        let (_dir, low) = disk(64 * MIB);
+        low.inner.state.lock().low_since_ms = Some(1);
+        assert!(!low.start_collection(u64::MAX / 2), "reclaim collects then");
     }
 }

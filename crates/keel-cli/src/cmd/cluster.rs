@@ -53,6 +53,11 @@ pub struct ServeArgs {
     /// 64MiB (the default); 0 for none.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub disk_reserve: Option<u64>,
+    /// Collect the store's garbage in the background once its pack has grown
+    /// by this much and doubled since the last collection, e.g. 64MiB (the
+    /// default); 0 to collect only when space is low.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub disk_collect_after: Option<u64>,
 }
 
 /// A size in bytes: `4096`, `64MiB`, `1.5GB`.
@@ -98,6 +103,9 @@ impl ServeArgs {
         }
         if let Some(bytes) = self.disk_reserve {
             config.disk.reserve_bytes = bytes;
+        }
+        if let Some(bytes) = self.disk_collect_after {
+            config.disk.collect_after_bytes = bytes;
         }
         if let Some(rate) = self.scrub_rate {
             config.scrub.rate_bytes_per_sec = rate;
