@@ -502,13 +502,19 @@ impl Disk {
     /// the last one, so that collections cost time in proportion to the
     /// writes and the pack stays within about twice what is live. Never
     /// while space is low (reclaim collects then).
+    ///
+    /// Replicas write the same bytes, so their packs grow alike: each node
+    /// waits for a little more growth than "doubled" (up to 3/8 more, by
+    /// its id), so that they do not all collect at the same moment.
     fn start_collection(&self, pack_bytes: u64) -> bool {
         let after = self.inner.settings.collect_after_bytes;
         let mut state = self.inner.state.lock();
         let grown = pack_bytes.saturating_sub(state.collected_at_pack_bytes);
+        let stagger_eighths = 8 + self.inner.node_id % 4;
         let due = after > 0
             && grown >= after
-            && grown >= state.collected_at_pack_bytes
+            && u128::from(grown) * 8
+                >= u128::from(state.collected_at_pack_bytes) * u128::from(stagger_eighths)
             && !state.collecting
             && !state.reclaiming
             && state.low_since_ms.is_none();
@@ -786,13 +792,18 @@ mod tests {
 
     const MIB: u64 = 1024 * 1024;
 
+    /// Node 4 waits for the pack to double exactly (see the stagger).
     fn disk(collect_after_bytes: u64) -> (tempfile::TempDir, Disk) {
+        disk_of(4, collect_after_bytes)
+    }
+
+    fn disk_of(node_id: NodeId, collect_after_bytes: u64) -> (tempfile::TempDir, Disk) {
         let dir = tempfile::tempdir().unwrap();
         let settings = DiskSettings {
             collect_after_bytes,
             ..DiskSettings::default()
         };
-        let disk = Disk::new(1, dir.path(), settings, Faults::default());
+        let disk = Disk::new(node_id, dir.path(), settings, Faults::default());
         (dir, disk)
     }
 
@@ -824,6 +835,23 @@ mod tests {
         // One that could not run (a snapshot fetch) is tried again at once.
         disk.finish_collection(None);
         assert!(disk.start_collection(380 * MIB));
+    }
+
+    #[test]
+    fn replicas_do_not_all_collect_at_once() {
+        let due_at = |node_id| {
+            let (_dir, disk) = disk_of(node_id, 64 * MIB);
+            assert!(disk.start_collection(64 * MIB));
+            disk.finish_collection(collected(800 * MIB));
+            (1600..4000)
+                .find(|mib| disk.start_collection(mib * MIB))
+                .unwrap()
+        };
+        assert_eq!(
+            [4, 1, 2, 3].map(due_at),
+            [1600, 1700, 1800, 1900],
+            "2, 2 1/8, 2 1/4 and 2 3/8 times the pack after the last one"
+        );
     }
 
     #[test]
