@@ -59,6 +59,11 @@ use crate::types::NodeId;
 
 /// How often the monitor looks at the file system.
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// A node collects garbage in the background only once it has been ready
+/// (caught up and serving) this long. Until then it may be catching up from
+/// a snapshot, and the blobs fetched so far, garbage until the snapshot is
+/// installed, are what lets a fetch cut short by a restart resume.
+pub const COLLECT_READY_FOR: Duration = Duration::from_secs(10);
 /// Time between two reclaim passes while space stays low.
 pub const RECLAIM_INTERVAL: Duration = Duration::from_secs(30);
 /// Checkpoints kept when space is low: the newest (the current Raft
@@ -670,6 +675,7 @@ impl Node {
         let node = self.clone();
         tokio::spawn(async move {
             let mut shutdown = node.shutdown_signal();
+            let mut ready_since: Option<Instant> = None;
             loop {
                 let disk = node.inner.disk.clone();
                 match tokio::task::spawn_blocking(move || disk.check()).await {
@@ -683,10 +689,16 @@ impl Node {
                     Ok(false) => {}
                     Err(error) => tracing::error!(%error, "disk check failed"),
                 }
-                if node
-                    .inner
-                    .disk
-                    .start_collection(node.inner.store.stats().pack_bytes)
+                ready_since = match node.readiness() {
+                    Ok(()) => ready_since.or(Some(Instant::now())),
+                    Err(_) => None,
+                };
+                let settled = ready_since.is_some_and(|since| since.elapsed() >= COLLECT_READY_FOR);
+                if settled
+                    && node
+                        .inner
+                        .disk
+                        .start_collection(node.inner.store.stats().pack_bytes)
                 {
                     let node = node.clone();
                     tokio::spawn(async move {
