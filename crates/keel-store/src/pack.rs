@@ -795,11 +795,6 @@ impl Pack {
         usage.into_values().collect()
     }
 
-    /// The segment that holds a blob, if any.
-    pub fn segment_of(&self, hash: &Hash) -> Option<u32> {
-        self.location(hash).map(|location| location.segment)
-    }
-
     /// Copies blobs (from sealed segments about to be dropped) to the active
     /// segment, durably, and points the index at the copies. Refuses
     /// (returning `Ok(false)`, copying nothing) when one fails verification:
