@@ -342,4 +342,16 @@ mod tests {
         let error = toml::from_str::<NodeConfig>("[store]\ncache_mb = 1\n").unwrap_err();
         assert!(error.to_string().contains("cache_mb"), "{error}");
     }
+
+    #[test]
+    fn background_collection_is_on_by_default_and_can_be_turned_off() {
+        let default: NodeConfig = toml::from_str("").unwrap();
+        assert_eq!(default.disk.collect_after_bytes, 64 << 20);
+        let off: NodeConfig = toml::from_str("[disk]\ncollect_after_bytes = 0\n").unwrap();
+        assert_eq!(off.disk.collect_after_bytes, 0);
+        assert_eq!(
+            off.disk.reserve_bytes,
+            DiskSettings::default().reserve_bytes
+        );
+    }
 }
