@@ -286,7 +286,7 @@ pub fn drop_unwalkable_checkpoints(store: &Store) -> Result<Vec<u64>, FsckError>
         }
         let mut live = std::collections::HashSet::new();
         let root = Link::Stored(checkpoint.root);
-        match tree::mark(objects, &root, &mut live, tree::OnDamage::Fail, false) {
+        match tree::mark(objects, &root, &mut live, false) {
             Ok(()) => {}
             Err(error) if error.is_damage() => {
                 damaged.insert(checkpoint.sequence);

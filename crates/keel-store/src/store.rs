@@ -36,7 +36,7 @@ use crate::object::{Entry, EntryValue, Link, INLINE_VALUE_BYTES_MAX};
 use crate::pack::{CommitRecord, Pack, PackBatch, PackRecovery, SEGMENT_BYTES_TARGET_DEFAULT};
 use crate::segment::Mode;
 use crate::space::SpaceLimit;
-use crate::tree::{self, Objects, OnDamage};
+use crate::tree::{self, Objects};
 use crate::txn::{Op, StoredValue, Txn, TxnOutcome};
 
 /// Largest value accepted by default (values are chunked; this is a sanity bound).
@@ -649,7 +649,7 @@ impl Store {
                     }),
                 )));
                 // Every chunk must be present before a key may point at it.
-                tree::mark(objects, &probe, &mut live, OnDamage::Fail, true)?;
+                tree::mark(objects, &probe, &mut live, true)?;
                 let size = value.size().unwrap_or(0);
                 tree::put_path(objects, work, &names, value, revision)?;
                 events.push(event(ChangeKind::Put, key, None, size));
@@ -831,13 +831,7 @@ impl Store {
         let hash = tree::flush(objects, &root, &mut batch);
         objects.pack.write(batch, None, false)?;
         let mut live = HashSet::new();
-        tree::mark(
-            objects,
-            &Link::Stored(hash),
-            &mut live,
-            OnDamage::Fail,
-            true,
-        )?;
+        tree::mark(objects, &Link::Stored(hash), &mut live, true)?;
         let mut writer = self.inner.writer.lock();
         let revision = writer
             .max_revision
@@ -883,13 +877,7 @@ impl Store {
         self.check_writable()?;
         let objects = &self.inner.objects;
         let mut live = HashSet::new();
-        tree::mark(
-            objects,
-            &Link::Stored(root),
-            &mut live,
-            OnDamage::Fail,
-            true,
-        )?;
+        tree::mark(objects, &Link::Stored(root), &mut live, true)?;
         let mut writer = self.inner.writer.lock();
         writer.max_revision = writer.max_revision.max(revision);
         self.switch_root(&mut writer, root, revision, Some(meta))
@@ -1042,8 +1030,10 @@ impl Store {
     fn collect(&self, force: bool, roots: Vec<Link>, sealed: &[u32]) -> Result<GcReport> {
         let objects = &self.inner.objects;
         let mut live = HashSet::new();
-        tree::mark_for_collection(objects, &roots, &mut live)
-            .map_err(|error| self.unreadable_live_object(error))?;
+        for root in &roots {
+            tree::mark(objects, root, &mut live, false)
+                .map_err(|error| self.unreadable_live_object(error))?;
+        }
         // Holding the writer's tree makes the writer copy what it edits.
         drop(roots);
         let mut report = GcReport::default();
@@ -1260,14 +1250,7 @@ fn recover_head(
     let salvage = match newest_after {
         Some((_, commit)) if !suspect_gaps.is_empty() => {
             let mut live = HashSet::new();
-            tree::mark(
-                objects,
-                &Link::Stored(commit.root),
-                &mut live,
-                OnDamage::Fail,
-                true,
-            )
-            .is_ok()
+            tree::mark(objects, &Link::Stored(commit.root), &mut live, true).is_ok()
         }
         _ => false,
     };
@@ -1472,14 +1455,7 @@ pub fn damaged_checkpoints(store: &Store) -> BTreeSet<u64> {
         .iter()
         .filter(|c| {
             let mut live = HashSet::new();
-            tree::mark(
-                objects,
-                &Link::Stored(c.root),
-                &mut live,
-                OnDamage::Fail,
-                true,
-            )
-            .is_err()
+            tree::mark(objects, &Link::Stored(c.root), &mut live, true).is_err()
         })
         .map(|c| c.sequence)
         .collect()

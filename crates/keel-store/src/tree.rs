@@ -940,71 +940,7 @@ pub fn empty_dir_hash() -> Hash {
 
 // ---------------------------------------------------------------- reachability
 
-/// How [`mark`] treats objects it cannot read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OnDamage {
-    /// Stop with the error (garbage collection must know the whole live set).
-    Fail,
-    /// Skip what cannot be read (a partly fetched snapshot).
-    Skip,
-}
-
-/// Adds to `live` every blob reachable from `root`: directory nodes, chunk
-/// lists and chunks. Chunks are marked without being read, but when
-/// `require_present` is set a chunk the pack does not hold is damage.
-pub fn mark(
-    objects: &Objects,
-    root: &Link,
-    live: &mut HashSet<Hash>,
-    on_damage: OnDamage,
-    require_present: bool,
-) -> Result<()> {
-    let mut stack = vec![root.clone()];
-    while let Some(link) = stack.pop() {
-        if let Some(hash) = link.known_hash() {
-            if !live.insert(hash) {
-                continue;
-            }
-        }
-        let cell = match objects.resolve(&link) {
-            Ok(cell) => cell,
-            Err(error) if on_damage == OnDamage::Skip && error.is_damage() => continue,
-            Err(error) => return Err(error),
-        };
-        let entries = match &cell.node {
-            Node::Branch(branch) => {
-                stack.extend(branch.children.iter().map(|child| child.link.clone()));
-                continue;
-            }
-            Node::Leaf(leaf) => &leaf.entries,
-        };
-        for entry in entries {
-            match &entry.value {
-                EntryValue::Inline(_) => {}
-                EntryValue::Dir { root, .. } => stack.push(root.clone()),
-                EntryValue::Blob { hash, .. } => {
-                    if require_present && !objects.pack.contains(hash) {
-                        if on_damage == OnDamage::Fail {
-                            return Err(StoreError::MissingBlob { hash: *hash });
-                        }
-                        continue;
-                    }
-                    live.insert(*hash);
-                }
-                EntryValue::Chunked { list, .. } => {
-                    match mark_chunk_list(objects, list, live, require_present) {
-                        Ok(()) => {}
-                        Err(error) if on_damage == OnDamage::Skip && error.is_damage() => {}
-                        Err(error) => return Err(error),
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// What a collection's mark still has to visit.
+/// What a mark still has to visit.
 enum Visit {
     /// A node in memory (a tree being written, or cached).
     Loaded(Arc<NodeCell>),
@@ -1012,24 +948,31 @@ enum Visit {
     Stored(Hash, BlobKind),
 }
 
-/// Marks everything reachable from `roots` live, for a collection. Like
-/// [`mark`], but a stored node is scanned for its references rather than
-/// decoded ([`node_references`]), and never enters the node cache: a
-/// collection reads every retained tree once, and caching them would push
-/// out the nodes that reads and writes use.
-pub fn mark_for_collection(
-    objects: &Objects,
-    roots: &[Link],
-    live: &mut HashSet<Hash>,
-) -> Result<()> {
-    let start = roots
-        .iter()
-        .map(|root| match root {
+impl Visit {
+    fn of_link(link: &Link) -> Visit {
+        match link {
             Link::Loaded(cell) => Visit::Loaded(cell.clone()),
             Link::Stored(hash) => Visit::Stored(*hash, BlobKind::Node),
-        })
-        .collect();
-    mark_visits(objects, start, live)
+        }
+    }
+}
+
+/// Adds to `live` every blob reachable from `root`: directory nodes, chunk
+/// lists and chunks. Stops at the first object it cannot read. Chunks are
+/// marked without being read, but when `require_present` is set a chunk
+/// the pack does not hold is damage.
+///
+/// A stored node is scanned for its references rather than decoded
+/// ([`node_references`]), and never enters the node cache: a mark reads a
+/// whole tree once (a collection reads every retained tree), and caching it
+/// would push out the nodes that reads and writes use.
+pub fn mark(
+    objects: &Objects,
+    root: &Link,
+    live: &mut HashSet<Hash>,
+    require_present: bool,
+) -> Result<()> {
+    mark_visits(objects, vec![Visit::of_link(root)], live, require_present)
 }
 
 /// Marks a stored blob of a known kind live, with everything it refers to
@@ -1040,10 +983,15 @@ pub fn mark_blob(
     kind: BlobKind,
     live: &mut HashSet<Hash>,
 ) -> Result<()> {
-    mark_visits(objects, vec![Visit::Stored(*hash, kind)], live)
+    mark_visits(objects, vec![Visit::Stored(*hash, kind)], live, false)
 }
 
-fn mark_visits(objects: &Objects, mut stack: Vec<Visit>, live: &mut HashSet<Hash>) -> Result<()> {
+fn mark_visits(
+    objects: &Objects,
+    mut stack: Vec<Visit>,
+    live: &mut HashSet<Hash>,
+    require_present: bool,
+) -> Result<()> {
     while let Some(visit) = stack.pop() {
         let cell = match visit {
             Visit::Loaded(cell) => {
@@ -1053,12 +1001,19 @@ fn mark_visits(objects: &Objects, mut stack: Vec<Visit>, live: &mut HashSet<Hash
                 cell
             }
             Visit::Stored(hash, kind) => {
-                if !live.insert(hash) {
+                if live.contains(&hash) {
                     continue;
                 }
                 match kind {
-                    BlobKind::Data => continue,
+                    BlobKind::Data => {
+                        if require_present && !objects.pack.contains(&hash) {
+                            return Err(StoreError::MissingBlob { hash });
+                        }
+                        live.insert(hash);
+                        continue;
+                    }
                     BlobKind::ChunkList => {
+                        live.insert(hash);
                         let list = objects.chunk_list(&hash)?;
                         let kind = if list.level > 0 {
                             BlobKind::ChunkList
@@ -1069,40 +1024,47 @@ fn mark_visits(objects: &Objects, mut stack: Vec<Visit>, live: &mut HashSet<Hash
                         continue;
                     }
                     // The empty directory is implicit: no blob.
-                    BlobKind::Node if hash == empty_dir_hash() => continue,
-                    BlobKind::Node => match objects.nodes.peek(&hash) {
-                        Some(cell) => cell,
-                        None => {
-                            let bytes = objects.pack.get(&hash)?;
-                            node_references(&bytes, &mut |h, kind| {
-                                stack.push(Visit::Stored(h, kind))
-                            })
-                            .map_err(|reason| {
-                                StoreError::Undecodable {
-                                    what: "directory node",
-                                    hash,
-                                    reason,
-                                }
-                            })?;
-                            continue;
+                    BlobKind::Node if hash == empty_dir_hash() => {
+                        live.insert(hash);
+                        continue;
+                    }
+                    BlobKind::Node => {
+                        live.insert(hash);
+                        match objects.nodes.peek(&hash) {
+                            Some(cell) => cell,
+                            None => {
+                                let bytes = objects.pack.get(&hash)?;
+                                node_references(&bytes, &mut |h, kind| {
+                                    stack.push(Visit::Stored(h, kind))
+                                })
+                                .map_err(|reason| {
+                                    StoreError::Undecodable {
+                                        what: "directory node",
+                                        hash,
+                                        reason,
+                                    }
+                                })?;
+                                continue;
+                            }
                         }
-                    },
+                    }
                 }
             }
         };
-        let link_visit = |link: &Link| match link {
-            Link::Loaded(cell) => Visit::Loaded(cell.clone()),
-            Link::Stored(hash) => Visit::Stored(*hash, BlobKind::Node),
-        };
         match &cell.node {
             Node::Branch(branch) => {
-                stack.extend(branch.children.iter().map(|child| link_visit(&child.link)));
+                stack.extend(
+                    branch
+                        .children
+                        .iter()
+                        .map(|child| Visit::of_link(&child.link)),
+                );
             }
             Node::Leaf(leaf) => {
                 for entry in &leaf.entries {
                     match &entry.value {
                         EntryValue::Inline(_) => {}
-                        EntryValue::Dir { root, .. } => stack.push(link_visit(root)),
+                        EntryValue::Dir { root, .. } => stack.push(Visit::of_link(root)),
                         EntryValue::Blob { hash, .. } => {
                             stack.push(Visit::Stored(*hash, BlobKind::Data))
                         }
@@ -1112,29 +1074,6 @@ fn mark_visits(objects: &Objects, mut stack: Vec<Visit>, live: &mut HashSet<Hash
                     }
                 }
             }
-        }
-    }
-    Ok(())
-}
-
-fn mark_chunk_list(
-    objects: &Objects,
-    list: &Hash,
-    live: &mut HashSet<Hash>,
-    require_present: bool,
-) -> Result<()> {
-    if !live.insert(*list) {
-        return Ok(());
-    }
-    let decoded = objects.chunk_list(list)?;
-    for (hash, _) in &decoded.entries {
-        if decoded.level > 0 {
-            mark_chunk_list(objects, hash, live, require_present)?;
-        } else {
-            if require_present && !objects.pack.contains(hash) {
-                return Err(StoreError::MissingBlob { hash: *hash });
-            }
-            live.insert(*hash);
         }
     }
     Ok(())
