@@ -1465,16 +1465,13 @@ pub fn damaged_checkpoints(store: &Store) -> BTreeSet<u64> {
 mod tests {
     use super::*;
 
+    /// Deterministic incompressible bytes: BLAKE3's output stream of the seed.
     fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut state = seed | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                state as u8
-            })
-            .collect()
+        let mut bytes = vec![0; len];
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&seed.to_le_bytes());
+        hasher.finalize_xof().fill(&mut bytes);
+        bytes
     }
 
     /// What writes do while a collection runs survives it: blobs they bring
