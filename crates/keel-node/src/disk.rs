@@ -698,7 +698,7 @@ impl Node {
                     && node
                         .inner
                         .disk
-                        .start_collection(node.inner.store.stats().pack_bytes)
+                        .start_collection(node.inner.store.pack().total_bytes())
                 {
                     let node = node.clone();
                     tokio::spawn(async move {
@@ -720,7 +720,7 @@ impl Node {
     async fn collect_garbage(&self) -> Option<Collected> {
         let started = Instant::now();
         let store = self.inner.store.clone();
-        let pack_bytes_before = store.stats().pack_bytes;
+        let pack_bytes_before = store.pack().total_bytes();
         let outcome = tokio::task::spawn_blocking(move || store.try_gc(false)).await;
         let mut collected = Collected {
             pack_bytes_before,
@@ -732,7 +732,7 @@ impl Node {
             Ok(Err(error)) => collected.error = Some(error.to_string()),
             Err(error) => collected.error = Some(error.to_string()),
         }
-        collected.pack_bytes_after = self.inner.store.stats().pack_bytes;
+        collected.pack_bytes_after = self.inner.store.pack().total_bytes();
         collected.elapsed_ms = started.elapsed().as_millis() as u64;
         collected.at_ms = now_ms();
         match &collected.error {
