@@ -777,11 +777,14 @@ impl Node {
             Err(error) => reclaimed.problems.push(format!("checkpoints: {error}")),
         }
         let store = self.inner.store.clone();
-        match tokio::task::spawn_blocking(move || store.try_gc(false)).await {
+        // After a background collection already running: it may have taken
+        // its roots before the checkpoints above were dropped.
+        match tokio::task::spawn_blocking(move || store.gc_after_running(false)).await {
             Ok(Ok(Some(report))) => reclaimed.gc_bytes_reclaimed = report.bytes_reclaimed,
-            Ok(Ok(None)) => reclaimed
-                .problems
-                .push("garbage collection: skipped while another collection or a snapshot fetch holds the store".into()),
+            Ok(Ok(None)) => reclaimed.problems.push(
+                "garbage collection: skipped while a snapshot fetch or an upload holds the store"
+                    .into(),
+            ),
             Ok(Err(error)) => reclaimed
                 .problems
                 .push(format!("garbage collection: {error}")),

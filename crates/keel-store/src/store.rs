@@ -173,6 +173,16 @@ struct GcGate {
     changed: Condvar,
 }
 
+/// What a collection waits for before it runs, when the gate is taken.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum GcWait {
+    Never,
+    /// For a running collection, not for holds.
+    ForCollection,
+    /// For a running collection and every hold.
+    ForAll,
+}
+
 /// A hold on the GC gate: collection waits until every hold is dropped.
 pub struct GcHold {
     store: Arc<Inner>,
@@ -955,25 +965,38 @@ impl Store {
     /// state or an in-flight write can reach. Refuses to delete anything if
     /// any reachable object cannot be read: the live set must be certain.
     pub fn gc(&self, force: bool) -> Result<GcReport> {
-        self.gc_gated(force, true)
+        self.gc_gated(force, GcWait::ForAll)
             .map(|report| report.expect("a waiting collection always runs"))
     }
 
     /// Like [`Store::gc`], but returns `None` at once instead of waiting
-    /// while writes of not-yet-referenced blobs hold the gate (a snapshot
-    /// fetch can take minutes).
+    /// while another collection runs or writes of not-yet-referenced blobs
+    /// hold the gate (a snapshot fetch can take minutes).
     pub fn try_gc(&self, force: bool) -> Result<Option<GcReport>> {
-        self.gc_gated(force, false)
+        self.gc_gated(force, GcWait::Never)
     }
 
-    fn gc_gated(&self, force: bool, wait: bool) -> Result<Option<GcReport>> {
+    /// Like [`Store::try_gc`], but waits for a collection already running
+    /// (seconds) and then runs its own: what that one started with may
+    /// predate what the caller just freed (dropped checkpoints, say).
+    /// Still `None` at once while holds keep the gate.
+    pub fn gc_after_running(&self, force: bool) -> Result<Option<GcReport>> {
+        self.gc_gated(force, GcWait::ForCollection)
+    }
+
+    fn gc_gated(&self, force: bool, wait: GcWait) -> Result<Option<GcReport>> {
         self.check_writable()?;
         let started = Instant::now();
         let gate = &self.inner.gc_gate;
         {
             let mut state = gate.state.lock();
             while state.1 || state.0 > 0 {
-                if !wait {
+                let waits = match wait {
+                    GcWait::Never => false,
+                    GcWait::ForCollection => state.0 == 0,
+                    GcWait::ForAll => true,
+                };
+                if !waits {
                     return Ok(None);
                 }
                 gate.changed.wait(&mut state);
@@ -1516,5 +1539,32 @@ mod tests {
         let store = Store::open(dir.path(), options()).unwrap();
         check(&store);
         assert!(!store.recovery().found_damage(), "{:?}", store.recovery());
+    }
+
+    /// A caller that frees space (drops checkpoints) and then collects must
+    /// not be turned away by a collection already running, which may have
+    /// taken its roots before: it waits for that one and runs its own. A
+    /// hold (a snapshot fetch, minutes long) still turns it away at once.
+    #[test]
+    fn a_collection_after_running_waits_for_a_running_one_but_not_for_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::init(dir.path(), StoreOptions::default()).unwrap();
+        store.commit(&[Txn::put("k", b"v".to_vec())]).unwrap();
+        let gate = &store.inner.gc_gate;
+        gate.state.lock().1 = true;
+        std::thread::scope(|scope| {
+            let waiting = scope.spawn(|| store.gc_after_running(false));
+            assert_eq!(store.try_gc(false).unwrap().map(|_| ()), None);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            assert!(!waiting.is_finished(), "it waits for the running one");
+            gate.state.lock().1 = false;
+            gate.changed.notify_all();
+            let report = waiting.join().unwrap().unwrap();
+            assert!(report.is_some(), "it ran once the other one ended");
+        });
+        let hold = store.hold_gc();
+        assert!(store.gc_after_running(false).unwrap().is_none());
+        drop(hold);
+        assert!(store.gc_after_running(false).unwrap().is_some());
     }
 }
