@@ -584,7 +584,7 @@ fn quiet_hides_warnings_but_never_errors() {
         }],
     }))));
     let mut batch = PackBatch::new();
-    let root = tree::flush(objects, &wrapped, &mut batch);
+    let root = tree::flush(objects, &wrapped, &mut batch).unwrap();
     let commit = CommitRecord {
         revision: store.revision() + 1,
         root,

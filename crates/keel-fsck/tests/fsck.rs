@@ -610,7 +610,7 @@ fn wrong_types_undecodable_objects_and_structure_errors_are_found_and_repaired()
         ),
     ];
     let root = tree::build_dir(objects, entries).unwrap();
-    let hash = tree::flush(objects, &root, &mut batch);
+    let hash = tree::flush(objects, &root, &mut batch).unwrap();
     let commit = CommitRecord {
         revision: store.revision() + 1,
         root: hash,
@@ -715,7 +715,7 @@ fn a_non_canonical_directory_is_a_warning_that_repair_rebuilds() {
         }],
     }))));
     let mut batch = PackBatch::new();
-    let root = tree::flush(objects, &wrapped, &mut batch);
+    let root = tree::flush(objects, &wrapped, &mut batch).unwrap();
     let commit = CommitRecord {
         revision: store.revision() + 1,
         root,

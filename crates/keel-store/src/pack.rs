@@ -188,6 +188,12 @@ pub struct PackBatch {
 }
 
 impl PackBatch {
+    /// Bytes a flush gathers before it appends them ([`Pack::write_part`]):
+    /// a flush of a large tree in one batch grew its buffer by doubling to
+    /// hundreds of MiB, and zeroing and copying those pages took most of
+    /// the flush's time (and as much memory again).
+    pub const PART_BYTES: usize = 8 << 20;
+
     pub fn new() -> PackBatch {
         PackBatch::default()
     }
@@ -227,6 +233,14 @@ impl PackBatch {
 
     pub fn bytes(&self) -> usize {
         self.buffer.len()
+    }
+
+    /// Empties the batch, keeping its buffer.
+    fn clear(&mut self) {
+        self.buffer.clear();
+        self.blobs.clear();
+        self.pending.clear();
+        self.has_commit = None;
     }
 
     fn set_commit(&mut self, commit: &CommitRecord) {
@@ -556,6 +570,24 @@ impl Pack {
         commit: Option<&CommitRecord>,
         sync: bool,
     ) -> Result<()> {
+        self.append(&mut batch, commit, sync)
+    }
+
+    /// Appends the blobs of a batch that is still being filled (a part of
+    /// a large flush; the commit record comes with the last part) and
+    /// empties it. Not synced.
+    pub fn write_part(&self, batch: &mut PackBatch) -> Result<()> {
+        self.append(batch, None, false)?;
+        batch.clear();
+        Ok(())
+    }
+
+    fn append(
+        &self,
+        batch: &mut PackBatch,
+        commit: Option<&CommitRecord>,
+        sync: bool,
+    ) -> Result<()> {
         let mut writer = self.writer.lock();
         // Drop blobs the pack already holds (another batch may have written
         // them), unless this batch replaces damaged copies.
@@ -563,7 +595,7 @@ impl Pack {
             let index = self.index.read();
             if batch.blobs.iter().any(|(h, _, _)| index.contains_key(h)) {
                 drop(index);
-                batch = self.without_known(batch);
+                *batch = self.without_known(batch);
             }
         }
         if let Some(commit) = commit {
@@ -620,7 +652,7 @@ impl Pack {
         Ok(())
     }
 
-    fn without_known(&self, batch: PackBatch) -> PackBatch {
+    fn without_known(&self, batch: &PackBatch) -> PackBatch {
         let index = self.index.read();
         let mut fresh = PackBatch::new();
         for (hash, offset, len) in &batch.blobs {

@@ -729,7 +729,7 @@ impl Store {
             self.publish(writer);
         }
         let mut batch = PackBatch::new();
-        let root = tree::flush(objects, &writer.root, &mut batch);
+        let root = tree::flush(objects, &writer.root, &mut batch)?;
         let commit = CommitRecord {
             revision: writer.revision,
             root,
@@ -838,7 +838,7 @@ impl Store {
         let objects = &self.inner.objects;
         let _hold = self.hold_gc();
         let mut batch = PackBatch::new();
-        let hash = tree::flush(objects, &root, &mut batch);
+        let hash = tree::flush(objects, &root, &mut batch)?;
         objects.pack.write(batch, None, false)?;
         let mut live = HashSet::new();
         tree::mark(objects, &Link::Stored(hash), &mut live, true)?;
@@ -1566,5 +1566,46 @@ mod tests {
         assert!(store.gc_after_running(false).unwrap().is_none());
         drop(hold);
         assert!(store.gc_after_running(false).unwrap().is_some());
+    }
+
+    /// A flush larger than a part is appended in parts. When a later part
+    /// meets a full disk the flush fails, nothing refers to the parts
+    /// written, the store keeps working, and once space exists again the
+    /// next flush writes what is missing and everything reads back.
+    #[test]
+    fn a_large_flush_is_written_in_parts_and_survives_a_full_disk_between_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = Arc::new(SpaceLimit::default());
+        let options = || StoreOptions {
+            space_limit: Some(limit.clone()),
+            ..StoreOptions::default()
+        };
+        let store = Store::init(dir.path(), options()).unwrap();
+        let value = |i: u64| noise(i, 200);
+        let keys = 60_000;
+        let txns: Vec<Txn> = (0..keys)
+            .map(|i| Txn::put(format!("k/{i:06}"), value(i)))
+            .collect();
+        store.apply(&txns).unwrap();
+        let part = PackBatch::PART_BYTES as u64;
+        let before = store.pack().total_bytes();
+        limit.set_remaining(Some(part + part / 2));
+        let error = store.flush(Durability::Sync, None).unwrap_err();
+        assert!(matches!(error, StoreError::DiskFull { .. }), "{error}");
+        assert!(
+            store.pack().total_bytes() >= before + part,
+            "the first part was written"
+        );
+        limit.set_remaining(None);
+        let commit = store.flush(Durability::Sync, None).unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), options()).unwrap();
+        assert_eq!(store.last_commit().unwrap().root, commit.root);
+        let view = store.snapshot();
+        for i in 0..keys {
+            let got = view.get_value(&format!("k/{i:06}")).unwrap();
+            assert_eq!(got.as_deref(), Some(&value(i)[..]), "k/{i:06}");
+        }
+        assert!(!store.recovery().found_damage(), "{:?}", store.recovery());
     }
 }

@@ -841,29 +841,49 @@ fn remove_at(
 // ---------------------------------------------------------------- flush
 
 /// Writes every unwritten node reachable from `link` into `batch` (children
-/// before parents) and returns the root hash.
+/// before parents) and returns the root hash. Whenever the batch holds
+/// [`PackBatch::PART_BYTES`], it is appended to the pack as a part; the
+/// caller appends the rest, and then the commit record naming the root.
 ///
 /// A node hashed by an earlier flush whose batch never reached the pack (the
 /// append failed on a full disk) is written again: a node counts as written
-/// only when the pack holds it. A batch is appended whole or not at all, so
-/// a parent in the pack implies its children are.
-pub fn flush(objects: &Objects, link: &Link, batch: &mut PackBatch) -> Hash {
+/// only when the pack holds it. Each part is appended whole or not at all,
+/// and a part holds no parent of a node in a later one, so a parent in the
+/// pack implies its children are.
+pub fn flush(objects: &Objects, link: &Link, batch: &mut PackBatch) -> Result<Hash> {
     match link {
-        Link::Stored(hash) => *hash,
+        Link::Stored(hash) => Ok(*hash),
         Link::Loaded(cell) => {
             if let Some(hash) = cell.hash() {
                 if hash == empty_dir_hash() || objects.pack.contains(&hash) {
-                    return hash;
+                    return Ok(hash);
                 }
             }
-            let bytes = encode_node(&cell.node, &mut |child| flush(objects, child, batch));
+            let mut failed = None;
+            // After a failed part the parent is never written: any hash will
+            // do for the children left.
+            let bytes = encode_node(&cell.node, &mut |child| {
+                if failed.is_some() {
+                    return Hash::of(b"");
+                }
+                flush(objects, child, batch).unwrap_or_else(|error| {
+                    failed = Some(error);
+                    Hash::of(b"")
+                })
+            });
+            if let Some(error) = failed {
+                return Err(error);
+            }
             let hash = Hash::of(&bytes);
             if !objects.pack.reuse(&hash, BlobKind::Node) {
                 batch.add_blob(hash, &bytes);
+                if batch.bytes() >= PackBatch::PART_BYTES {
+                    objects.pack.write_part(batch)?;
+                }
             }
             cell.set_hash(hash);
             objects.nodes.insert(hash, detached(cell, hash));
-            hash
+            Ok(hash)
         }
     }
 }
@@ -1382,7 +1402,7 @@ mod tests {
             if step % 97 == 0 || index % 5 == 0 {
                 // Hash everything now and then: later edits start from shared nodes.
                 let mut batch = PackBatch::new();
-                flush(&objects, &root, &mut batch);
+                flush(&objects, &root, &mut batch).unwrap();
                 objects.pack.write(batch, None, false).unwrap();
             }
             let name = &names[index % names.len()];
@@ -1443,7 +1463,7 @@ mod tests {
         // Half the nodes hashed (shared with the pack's view), and a reader
         // holding the in-memory root: nothing on the path is private.
         let mut batch = PackBatch::new();
-        flush(&objects, &root, &mut batch);
+        flush(&objects, &root, &mut batch).unwrap();
         objects.pack.write(batch, None, false).unwrap();
         put_path(&objects, &mut root, &["dir", "k00007"], value(), 2).unwrap();
         let reader = root.clone();
@@ -1499,7 +1519,7 @@ mod tests {
         let names: Vec<String> = (0..3000).map(|i| format!("k{i:05}")).collect();
         let flush_all = |root: &Link| {
             let mut batch = PackBatch::new();
-            flush(&objects, root, &mut batch);
+            flush(&objects, root, &mut batch).unwrap();
             objects.pack.write(batch, None, false).unwrap();
         };
         for name in &names {
@@ -1578,6 +1598,9 @@ mod tests {
             remove_path(&objects, &mut root, &[&format!("k{i:06}")], false, 1).unwrap();
         }
         let mut batch = PackBatch::new();
-        assert_eq!(flush(&objects, &root, &mut batch), empty_dir_hash());
+        assert_eq!(
+            flush(&objects, &root, &mut batch).unwrap(),
+            empty_dir_hash()
+        );
     }
 }
