@@ -832,11 +832,11 @@ impl Pack {
     /// (returning `Ok(false)`, copying nothing) when one fails verification:
     /// its stored bytes stay where they are.
     pub fn copy_blobs(&self, hashes: &[Hash]) -> Result<bool> {
-        let mut batch = PackBatch::new();
+        // Written although the index knows the hashes: they must be
+        // re-homed before their segment goes.
+        let mut batch = PackBatch::replacing();
         for hash in hashes {
             match self.get(hash) {
-                // Copied although the index knows the hash: it must be
-                // re-homed before its segment goes.
                 Ok(bytes) => batch.add_blob(*hash, &bytes),
                 Err(error) => {
                     tracing::warn!(%hash, %error, "not compacting a segment with an unreadable live blob");
@@ -844,23 +844,8 @@ impl Pack {
                 }
             }
         }
-        if batch.is_empty() {
-            return Ok(true);
-        }
-        let mut writer = self.writer.lock();
-        self.roll_if_full(&mut writer, batch.buffer.len() as u64)?;
-        self.mark_synced(&mut writer)?;
-        let (target, start) = self.log.append(&batch.buffer)?;
-        self.sync_locked(&mut writer)?;
-        let mut index = self.index.write();
-        for (hash, offset_in_batch, len) in &batch.blobs {
-            let location = Location {
-                segment: target,
-                offset: start + *offset_in_batch as u64,
-                len: *len,
-            };
-            index.insert(*hash, location);
-            writer.active_entries.push((*hash, location));
+        if !batch.is_empty() {
+            self.append(&mut batch, None, true)?;
         }
         Ok(true)
     }
