@@ -789,14 +789,13 @@ impl Pack {
             .collect()
     }
 
-    /// Bytes of each of `segments` (sealed) and the bytes of its blobs in `live`.
-    pub fn segment_usage(
-        &self,
-        segments: &[u32],
-        live: &dyn Fn(&Hash) -> bool,
-    ) -> Vec<SegmentUsage> {
+    /// The blobs the index places in each of `segments` (sealed), with each
+    /// segment's size: one pass over the index for a whole collection.
+    /// Sealed segments take no new blobs, so each list stays complete while
+    /// the collection runs; a blob copied out since is only stale in it.
+    pub fn segment_blobs(&self, segments: &[u32]) -> Vec<SegmentBlobs> {
         let active = self.log.active_id();
-        let mut usage: std::collections::BTreeMap<u32, SegmentUsage> = segments
+        let mut found: std::collections::BTreeMap<u32, SegmentBlobs> = segments
             .iter()
             .copied()
             .filter(|id| Some(*id) != active)
@@ -804,27 +803,40 @@ impl Pack {
                 let bytes = std::fs::metadata(self.log.path_of(id))
                     .map(|m| m.len())
                     .unwrap_or(0);
+                let blobs = Vec::new();
                 (
                     id,
-                    SegmentUsage {
+                    SegmentBlobs {
                         segment: id,
                         bytes,
-                        live_bytes: 0,
-                        live_blobs: Vec::new(),
+                        blobs,
                     },
                 )
             })
             .collect();
         for (hash, location) in self.index.read().iter() {
-            if let Some(segment) = usage.get_mut(&location.segment) {
-                if live(hash) {
-                    segment.live_bytes +=
-                        u64::from(location.len) + (frame::RECORD_HEADER_BYTES + HASH_BYTES) as u64;
-                    segment.live_blobs.push(*hash);
-                }
+            if let Some(segment) = found.get_mut(&location.segment) {
+                segment.blobs.push((*hash, location.len));
             }
         }
-        usage.into_values().collect()
+        found.into_values().collect()
+    }
+
+    /// The blobs of `segment` in `live` that the index still places there
+    /// (not copied out yet).
+    pub fn live_blobs(&self, segment: &SegmentBlobs, live: &dyn Fn(&Hash) -> bool) -> Vec<Hash> {
+        let index = self.index.read();
+        segment
+            .blobs
+            .iter()
+            .map(|(hash, _)| *hash)
+            .filter(|hash| {
+                live(hash)
+                    && index
+                        .get(hash)
+                        .is_some_and(|l| l.segment == segment.segment)
+            })
+            .collect()
     }
 
     /// Copies blobs (from sealed segments about to be dropped) to the active
@@ -852,7 +864,8 @@ impl Pack {
 
     /// Removes a sealed segment whose live blobs were copied elsewhere
     /// ([`Pack::copy_blobs`]), with everything else it held.
-    pub fn drop_segment(&self, segment: u32) -> Result<()> {
+    pub fn drop_segment(&self, blobs: &SegmentBlobs) -> Result<()> {
+        let segment = blobs.segment;
         assert_ne!(
             Some(segment),
             self.log.active_id(),
@@ -860,9 +873,12 @@ impl Pack {
         );
         {
             let _writer = self.writer.lock();
-            self.index
-                .write()
-                .retain(|_, location| location.segment != segment);
+            let mut index = self.index.write();
+            for (hash, _) in &blobs.blobs {
+                if index.get(hash).is_some_and(|l| l.segment == segment) {
+                    index.remove(hash);
+                }
+            }
         }
         let hint = self.hint_path(segment);
         match std::fs::remove_file(&hint) {
@@ -876,13 +892,24 @@ impl Pack {
     }
 }
 
-/// Space use of one sealed segment.
+/// A sealed segment and the blobs the index placed in it when a collection
+/// looked (see [`Pack::segment_blobs`]).
 #[derive(Debug, Clone)]
-pub struct SegmentUsage {
+pub struct SegmentBlobs {
     pub segment: u32,
     pub bytes: u64,
-    pub live_bytes: u64,
-    pub live_blobs: Vec<Hash>,
+    blobs: Vec<(Hash, u32)>,
+}
+
+impl SegmentBlobs {
+    /// Bytes the records of its blobs in `live` take.
+    pub fn live_bytes(&self, live: &dyn Fn(&Hash) -> bool) -> u64 {
+        self.blobs
+            .iter()
+            .filter(|(hash, _)| live(hash))
+            .map(|(_, len)| u64::from(*len) + (frame::RECORD_HEADER_BYTES + HASH_BYTES) as u64)
+            .sum()
+    }
 }
 
 struct ScannedSegment {

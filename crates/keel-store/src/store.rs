@@ -33,7 +33,9 @@ use crate::error::{Result, StoreError};
 use crate::hash::Hash;
 use crate::key::{split_dir, split_key};
 use crate::object::{Entry, EntryValue, Link, INLINE_VALUE_BYTES_MAX};
-use crate::pack::{CommitRecord, Pack, PackBatch, PackRecovery, SEGMENT_BYTES_TARGET_DEFAULT};
+use crate::pack::{
+    CommitRecord, Pack, PackBatch, PackRecovery, SegmentBlobs, SEGMENT_BYTES_TARGET_DEFAULT,
+};
 use crate::segment::Mode;
 use crate::space::SpaceLimit;
 use crate::tree::{self, Objects};
@@ -1060,18 +1062,16 @@ impl Store {
         // Holding the writer's tree makes the writer copy what it edits.
         drop(roots);
         let mut report = GcReport::default();
-        for usage in objects
-            .pack
-            .segment_usage(sealed, &|hash| live.contains(hash))
-        {
+        for segment in objects.pack.segment_blobs(sealed) {
             report.segments_examined += 1;
-            let mostly_garbage = usage.live_bytes * 2 < usage.bytes;
+            let live_bytes = segment.live_bytes(&|hash| live.contains(hash));
+            let mostly_garbage = live_bytes * 2 < segment.bytes;
             if !(force || mostly_garbage) {
                 continue;
             }
-            if self.compact_segment(usage.segment, &mut live)? {
+            if self.compact_segment(&segment, &mut live)? {
                 report.segments_compacted += 1;
-                report.bytes_reclaimed += usage.bytes.saturating_sub(usage.live_bytes);
+                report.bytes_reclaimed += segment.bytes.saturating_sub(live_bytes);
             } else {
                 report.segments_skipped_damaged += 1;
             }
@@ -1095,15 +1095,12 @@ impl Store {
     /// the writer lock, once the blobs writes reused since the collection
     /// began, and what they refer to, are live too. `Ok(false)`: a live blob
     /// is unreadable, and the segment stays.
-    fn compact_segment(&self, segment: u32, live: &mut HashSet<Hash>) -> Result<bool> {
+    fn compact_segment(&self, segment: &SegmentBlobs, live: &mut HashSet<Hash>) -> Result<bool> {
         let objects = &self.inner.objects;
         let live_blobs = |live: &HashSet<Hash>| {
             objects
                 .pack
-                .segment_usage(&[segment], &|hash| live.contains(hash))
-                .pop()
-                .map(|usage| usage.live_blobs)
-                .unwrap_or_default()
+                .live_blobs(segment, &|hash| live.contains(hash))
         };
         if !objects.pack.copy_blobs(&live_blobs(live))? {
             return Ok(false);
