@@ -44,7 +44,7 @@ pub use hash::Hash;
 pub use object::{Entry, EntryValue};
 pub use space::SpaceLimit;
 pub use store::{
-    ChangeEvent, ChangeKind, Durability, GcHold, GcReport, ItemKind, ListItem, RecoveryReport,
-    Snapshot, Store, StoreOptions, StoreStats, StoredValueOrInline,
+    ChangeEvent, ChangeKind, Durability, GcHold, GcReport, ItemKind, ListItem, PendingCheckpoint,
+    RecoveryReport, Snapshot, Store, StoreOptions, StoreStats, StoredValueOrInline,
 };
 pub use txn::{Compare, Op, StoredValue, Txn, TxnOutcome};

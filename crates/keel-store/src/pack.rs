@@ -173,6 +173,9 @@ struct WriterState {
     synced_len: u64,
     /// The durable length last stated by a sync mark.
     marked_len: u64,
+    /// Bumped whenever the active segment is cut back, so that a detached
+    /// sync that started before cannot state a length that is gone.
+    cuts: u64,
 }
 
 /// A set of blobs (and optionally a commit record) to append together.
@@ -663,6 +666,22 @@ impl Pack {
         fresh
     }
 
+    /// Makes what was appended so far durable without holding the pack's
+    /// writer during the fdatasync, so that appends go on meanwhile (a
+    /// snapshot's checkpoint syncs seconds of unsynced flushes, see
+    /// [`crate::PendingCheckpoint`]). A segment sealed since was made
+    /// durable when it was sealed.
+    pub fn sync_detached(&self) -> Result<()> {
+        let cuts = self.writer.lock().cuts;
+        let (segment, len) = self.log.sync_detached()?;
+        let mut writer = self.writer.lock();
+        // A length cut back meanwhile is not durable: it no longer exists.
+        if writer.cuts == cuts && self.log.active_id() == Some(segment) {
+            writer.synced_len = writer.synced_len.max(len);
+        }
+        Ok(())
+    }
+
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> Result<()> {
         let mut writer = self.writer.lock();
@@ -743,6 +762,7 @@ impl Pack {
                 tracing::warn!(path = %target.display(), "quarantined damaged pack tail");
             }
         }
+        writer.cuts += 1;
         self.log.truncate_to(segment, offset)?;
         writer.synced_len = writer.synced_len.min(offset);
         writer.marked_len = writer.marked_len.min(offset);

@@ -308,6 +308,26 @@ impl SegmentLog {
         Ok(())
     }
 
+    /// Makes the active segment durable up to where it ends now, without
+    /// holding the writer during the fdatasync: appends go on meanwhile.
+    /// Returns the segment and the length made durable. A failure poisons
+    /// the log as [`sync`](Self::sync) does: after a failed fdatasync the
+    /// kernel may have dropped the pages, and a later one would not say so.
+    pub fn sync_detached(&self) -> Result<(u32, u64)> {
+        let (active, len, file) = {
+            let writer = self.writer()?;
+            (writer.active, writer.len, writer.file.clone())
+        };
+        if let Err(e) = file.sync_data() {
+            let error = StoreError::io("fsync segment", self.path_of(active), e);
+            if let Some(writer) = &self.writer {
+                writer.lock().poisoned = Some(error.to_string());
+            }
+            return Err(error);
+        }
+        Ok((active, len))
+    }
+
     /// Seals the active segment (after making it durable) and starts a new
     /// one. Returns the id of the sealed segment.
     pub fn roll(&self) -> Result<u32> {

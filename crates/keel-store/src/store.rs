@@ -215,6 +215,9 @@ struct Inner {
     abandoned: Mutex<Option<String>>,
     writer: Mutex<Writer>,
     checkpoints: Mutex<CheckpointLog>,
+    /// Roots of checkpoints begun but not yet recorded
+    /// ([`PendingCheckpoint`]): roots for collections meanwhile.
+    pending_checkpoints: Mutex<Vec<Hash>>,
     gc_gate: GcGate,
     recovery: RecoveryReport,
 }
@@ -238,6 +241,68 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+/// A checkpoint whose tree and commit record are written but not yet
+/// durable ([`Store::begin_checkpoint`]). Until it is finished or dropped,
+/// its root is a root for collections.
+pub struct PendingCheckpoint {
+    store: Store,
+    commit: CommitRecord,
+    /// The newest checkpoint's sequence when this one began.
+    newest: Option<u64>,
+}
+
+impl PendingCheckpoint {
+    /// The state it checkpoints.
+    pub fn commit(&self) -> &CommitRecord {
+        &self.commit
+    }
+
+    /// Makes the checkpoint durable (everything the pack holds now, without
+    /// holding the writer: applies go on) and records it. `None` when a
+    /// newer checkpoint was recorded meanwhile (a snapshot installed from
+    /// a peer, a rollback): this older state must not become the newest.
+    pub fn finish(self) -> Result<Option<Checkpoint>> {
+        let inner = &self.store.inner;
+        inner.objects.pack.sync_detached()?;
+        // A root switch records its checkpoint under this lock too: either
+        // it came first and is seen here, or it comes after this one.
+        let mut checkpoints = inner.checkpoints.lock();
+        if checkpoints.newest().map(|c| c.sequence) != self.newest {
+            return Ok(None);
+        }
+        record_checkpoint(&mut checkpoints, self.commit.clone()).map(Some)
+    }
+}
+
+impl Drop for PendingCheckpoint {
+    fn drop(&mut self) {
+        let mut pending = self.store.inner.pending_checkpoints.lock();
+        if let Some(i) = pending.iter().position(|root| *root == self.commit.root) {
+            pending.swap_remove(i);
+        }
+    }
+}
+
+/// Appends a checkpoint of a durable commit, unless the newest checkpoint
+/// already holds that state, meta included (a replica's meta names the Raft
+/// position it covers, which can move while the data does not).
+fn record_checkpoint(checkpoints: &mut CheckpointLog, commit: CommitRecord) -> Result<Checkpoint> {
+    if let Some(newest) = checkpoints.newest() {
+        if newest.root == commit.root
+            && newest.revision == commit.revision
+            && newest.meta == commit.meta
+        {
+            return Ok(newest.clone());
+        }
+    }
+    checkpoints.append(
+        commit.revision,
+        commit.root,
+        commit.timestamp_ms,
+        commit.meta,
+    )
 }
 
 impl Store {
@@ -323,6 +388,7 @@ impl Store {
                 max_revision,
             }),
             checkpoints: Mutex::new(checkpoints),
+            pending_checkpoints: Mutex::new(Vec::new()),
             gc_gate: GcGate::default(),
             dir: data_dir,
             objects,
@@ -770,29 +836,33 @@ impl Store {
         committed
     }
 
-    /// Durably records the current state as a new checkpoint. Returns the
-    /// newest checkpoint unchanged when it already holds this state, meta
-    /// included (a replica's meta names the Raft position it covers, which
-    /// can move while the data does not).
+    /// Durably records the current state as a new checkpoint (or returns
+    /// the newest one, when it already holds this state).
     pub fn checkpoint(&self) -> Result<Checkpoint> {
         self.check_writable()?;
         let mut writer = self.inner.writer.lock();
         let commit = self.flush_locked(&mut writer, Durability::Sync, None)?;
-        let mut checkpoints = self.inner.checkpoints.lock();
-        if let Some(newest) = checkpoints.newest() {
-            if newest.root == commit.root
-                && newest.revision == commit.revision
-                && newest.meta == commit.meta
-            {
-                return Ok(newest.clone());
-            }
-        }
-        checkpoints.append(
-            commit.revision,
-            commit.root,
-            commit.timestamp_ms,
-            commit.meta,
-        )
+        record_checkpoint(&mut self.inner.checkpoints.lock(), commit)
+    }
+
+    /// Starts a checkpoint of the current state, with `meta` in its commit
+    /// record: writes what was applied (not synced) and returns at once.
+    /// [`PendingCheckpoint::finish`] then makes it durable and records it
+    /// off the writer's path: its fdatasync covers every flush since the
+    /// last sync, which on a slow disk takes seconds.
+    pub fn begin_checkpoint(&self, meta: Option<Vec<u8>>) -> Result<PendingCheckpoint> {
+        self.check_writable()?;
+        let mut writer = self.inner.writer.lock();
+        let commit = self.flush_locked(&mut writer, Durability::Buffered, meta)?;
+        // Under the writer lock, so that no collection takes its roots
+        // between this commit record ceasing to be the newest and the pin.
+        self.inner.pending_checkpoints.lock().push(commit.root);
+        let newest = self.inner.checkpoints.lock().newest().map(|c| c.sequence);
+        Ok(PendingCheckpoint {
+            store: self.clone(),
+            commit,
+            newest,
+        })
     }
 
     /// Durably drops retained checkpoints by sequence (e.g. ones whose trees
@@ -1048,6 +1118,9 @@ impl Store {
         checkpoints.persist_retention()?;
         roots.extend(checkpoints.history().iter().map(|c| Link::Stored(c.root)));
         drop(checkpoints);
+        let pending = self.inner.pending_checkpoints.lock();
+        roots.extend(pending.iter().map(|root| Link::Stored(*root)));
+        drop(pending);
         objects.pack.begin_collection();
         Ok((roots, objects.pack.sealed_segments()))
     }
@@ -1536,6 +1609,49 @@ mod tests {
         let store = Store::open(dir.path(), options()).unwrap();
         check(&store);
         assert!(!store.recovery().found_damage(), "{:?}", store.recovery());
+    }
+
+    /// A checkpoint begun and finished later records the state it began
+    /// at, whatever was applied and flushed meanwhile, and a collection in
+    /// between keeps its tree, to which nothing else refers by then. Once a
+    /// root switch recorded a newer checkpoint, finishing records nothing.
+    #[test]
+    fn a_begun_checkpoint_records_its_state_and_keeps_its_tree_until_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = || StoreOptions {
+            segment_bytes_target: 16 * 1024,
+            ..StoreOptions::default()
+        };
+        let store = Store::init(dir.path(), options()).unwrap();
+        let old = noise(1, 300_000);
+        store.commit(&[Txn::put("k", old.clone())]).unwrap();
+        let pending = store.begin_checkpoint(Some(b"applied 1".to_vec())).unwrap();
+        let began = pending.commit().clone();
+        store.commit(&[Txn::put("k", b"new".to_vec())]).unwrap();
+        let report = store.gc(true).unwrap();
+        assert!(report.segments_compacted > 0, "{report:?}");
+        let checkpoint = pending
+            .finish()
+            .unwrap()
+            .expect("nothing newer was recorded");
+        assert_eq!(
+            (checkpoint.root, checkpoint.revision, &checkpoint.meta[..]),
+            (began.root, began.revision, &b"applied 1"[..])
+        );
+        assert_eq!(store.checkpoints().last(), Some(&checkpoint));
+        drop(store);
+        let store = Store::open(dir.path(), options()).unwrap();
+        let view = store.at_checkpoint(checkpoint.sequence).unwrap();
+        assert_eq!(view.get_value("k").unwrap().unwrap(), old);
+        assert_eq!(
+            store.snapshot().get_value("k").unwrap().unwrap(),
+            b"new"[..]
+        );
+
+        let pending = store.begin_checkpoint(None).unwrap();
+        let installed = store.reset_to_root(checkpoint.root, None).unwrap();
+        assert_eq!(pending.finish().unwrap(), None);
+        assert_eq!(store.checkpoints().last(), Some(&installed));
     }
 
     /// A caller that frees space (drops checkpoints) and then collects must
