@@ -10,6 +10,10 @@
 //! - A snapshot is a checkpoint (durable): its data is only a manifest
 //!   `{root, revision, applied, membership}`. Logs are purged only up to a
 //!   snapshot, so every entry after the durable state is still in the log.
+//!   The checkpoint is begun in the state machine's task (a consistent
+//!   point: the store writes what was applied) and made durable by the
+//!   builder, beside later applies; Raft purges only after the builder
+//!   returned.
 //! - Installing a snapshot adopts a root hash whose blobs the receiver
 //!   fetched beforehand (see `fetch`), at exactly the sender's revision.
 //! - Revisions are deterministic: every replica numbers transactions the same.
@@ -20,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use keel_store::{Durability, Store, Txn};
+use keel_store::{Durability, PendingCheckpoint, Store, Txn};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, ErrorSubject, ErrorVerb, OptionalSend, RaftSnapshotBuilder};
 use parking_lot::Mutex;
@@ -61,6 +65,13 @@ struct State {
     ops_since_flush: u64,
     last_flush: Instant,
     last_apply: Instant,
+}
+
+impl State {
+    fn flushed(&mut self) {
+        self.ops_since_flush = 0;
+        self.last_flush = Instant::now();
+    }
 }
 
 struct Inner {
@@ -168,9 +179,15 @@ impl StateMachine {
         self.inner
             .store
             .flush(durability, Some(encode(&state.applied)))?;
-        state.ops_since_flush = 0;
-        state.last_flush = Instant::now();
+        state.flushed();
         Ok(())
+    }
+
+    /// The snapshot Raft has now: the newest built or installed, else the
+    /// newest checkpoint's (after a restart).
+    fn current_snapshot(&self) -> Option<(SnapshotMeta, SnapshotManifest)> {
+        let current = self.inner.state.lock().current.clone();
+        current.or_else(|| self.manifest_from_checkpoint())
     }
 
     /// The cluster id recorded in the replicated state, if any.
@@ -399,17 +416,80 @@ fn snapshot_meta(manifest: &SnapshotManifest, sequence: u64) -> SnapshotMeta {
     }
 }
 
-/// A snapshot prepared (made durable) when the builder was requested.
+/// A snapshot begun when the builder was requested: its checkpoint is
+/// written, and becomes durable and recorded when it is built.
 pub struct PreparedSnapshot {
-    meta: SnapshotMeta,
-    manifest: SnapshotManifest,
+    sm: StateMachine,
+    /// `None` when the checkpoint could not be begun.
+    begun: Option<(PendingCheckpoint, AppliedMeta)>,
+    /// How long applies waited while it was begun.
+    began_in: Duration,
+}
+
+impl PreparedSnapshot {
+    /// Makes the begun checkpoint durable (on a blocking thread: its
+    /// fdatasync may take seconds) and records it as the current snapshot.
+    async fn finish(&mut self) -> Option<(SnapshotMeta, SnapshotManifest)> {
+        let (pending, applied) = self.begun.take()?;
+        let commit = pending.commit().clone();
+        let started = Instant::now();
+        let finished = tokio::task::spawn_blocking(move || pending.finish())
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|finished| finished.map_err(|e| e.to_string()));
+        let checkpoint = match finished {
+            Ok(Some(checkpoint)) => checkpoint,
+            Ok(None) => {
+                tracing::info!(
+                    "a newer snapshot was installed while this one was built; offering that one"
+                );
+                return None;
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not make a snapshot's checkpoint durable; offering the previous one");
+                return None;
+            }
+        };
+        let manifest = SnapshotManifest {
+            root: commit.root,
+            revision: commit.revision,
+            last_applied: applied.last_applied,
+            membership: applied.membership,
+        };
+        let meta = snapshot_meta(&manifest, checkpoint.sequence);
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            began_ms = self.began_in.as_millis() as u64,
+            made_durable_ms = started.elapsed().as_millis() as u64,
+            "snapshot built (applies waited only while it began)"
+        );
+        let mut state = self.sm.inner.state.lock();
+        // An install may have made a newer one current meanwhile.
+        if state
+            .current
+            .as_ref()
+            .is_none_or(|(current, _)| current.last_log_id <= meta.last_log_id)
+        {
+            state.current = Some((meta.clone(), manifest.clone()));
+        }
+        Some((meta, manifest))
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for PreparedSnapshot {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        // Without a new snapshot, Raft keeps a consistent one: the last good
+        // snapshot, if there is one.
+        let Some((meta, manifest)) = self.finish().await.or_else(|| self.sm.current_snapshot())
+        else {
+            return Err(sm_error(
+                ErrorVerb::Write,
+                "no snapshot could be made, and none was made before (see the error logged above)",
+            ));
+        };
         Ok(Snapshot {
-            meta: self.meta.clone(),
-            snapshot: Box::new(Cursor::new(encode(&self.manifest))),
+            meta,
+            snapshot: Box::new(Cursor::new(encode(&manifest))),
         })
     }
 }
@@ -470,38 +550,28 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Made durable here, in the state machine's own task, so it is a
-        // consistent point even though building runs beside later applies.
+        // Begun here, in the state machine's own task, so it is a consistent
+        // point even though building runs beside later applies.
+        let started = Instant::now();
         let mut state = self.inner.state.lock();
-        let store = &self.inner.store;
-        let prepared = self
-            .flush_locked(&mut state, Durability::Sync)
-            .and_then(|()| store.checkpoint())
-            .map(|checkpoint| {
-                let manifest = SnapshotManifest {
-                    root: checkpoint.root,
-                    revision: checkpoint.revision,
-                    last_applied: state.applied.last_applied,
-                    membership: state.applied.membership.clone(),
-                };
-                (snapshot_meta(&manifest, checkpoint.sequence), manifest)
-            });
-        match prepared {
-            Ok((meta, manifest)) => {
-                state.current = Some((meta.clone(), manifest.clone()));
-                PreparedSnapshot { meta, manifest }
+        let begun = match self
+            .inner
+            .store
+            .begin_checkpoint(Some(encode(&state.applied)))
+        {
+            Ok(pending) => {
+                state.flushed();
+                Some((pending, state.applied.clone()))
             }
             Err(error) => {
-                // The builder cannot fail here; fall back to the last good
-                // snapshot so Raft keeps a consistent one.
-                tracing::error!(%error, "could not checkpoint for a snapshot; offering the previous one");
-                let (meta, manifest) = state
-                    .current
-                    .clone()
-                    .or_else(|| self.manifest_from_checkpoint())
-                    .expect("a store always holds its initial checkpoint");
-                PreparedSnapshot { meta, manifest }
+                tracing::error!(%error, "could not begin a checkpoint for a snapshot; offering the previous one");
+                None
             }
+        };
+        PreparedSnapshot {
+            sm: self.clone(),
+            begun,
+            began_in: started.elapsed(),
         }
     }
 
@@ -527,7 +597,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| sm_error(ErrorVerb::Write, e))?;
         state.applied = applied;
         state.current = Some((meta.clone(), manifest.clone()));
-        state.ops_since_flush = 0;
+        state.flushed();
         self.reserved_changed();
         self.inner.events.reset(manifest.revision);
         tracing::info!(root = %manifest.root, revision = manifest.revision, "installed snapshot");
@@ -535,12 +605,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let current = {
-            let state = self.inner.state.lock();
-            state.current.clone()
-        };
-        let current = current.or_else(|| self.manifest_from_checkpoint());
-        Ok(current.map(|(meta, manifest)| Snapshot {
+        Ok(self.current_snapshot().map(|(meta, manifest)| Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(encode(&manifest))),
         }))
@@ -659,5 +724,40 @@ mod tests {
         .unwrap();
         assert_eq!(sm.cluster_id(), None);
         assert_eq!(sm.groups(), vec![DEFAULT_GROUP.to_string()]);
+    }
+
+    /// A snapshot covers the entries applied when its builder was asked
+    /// for, not those applied while it was built; once built it is the
+    /// current snapshot, and recorded as the store's newest checkpoint.
+    #[tokio::test]
+    async fn a_snapshot_covers_what_was_applied_when_its_builder_was_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = || StoreOptions {
+            deterministic_revisions: true,
+            ..StoreOptions::default()
+        };
+        let mut sm = StateMachine::new(Store::init(dir.path(), options()).unwrap()).unwrap();
+        let put = |index: u64, value: &str| {
+            entry(
+                index,
+                Request::Txns(vec![Txn::put("app/x", value.to_string())].into()),
+            )
+        };
+        sm.apply(vec![put(1, "one"), put(2, "two")]).await.unwrap();
+        let mut builder = sm.get_snapshot_builder().await;
+        sm.apply(vec![put(3, "three")]).await.unwrap();
+        let snapshot = builder.build_snapshot().await.unwrap();
+        assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(2));
+        let manifest: SnapshotManifest = decode(snapshot.snapshot.get_ref()).unwrap();
+        let view = sm.store().at_root(manifest.root, manifest.revision, None);
+        assert_eq!(view.get_value("app/x").unwrap().unwrap(), &b"two"[..]);
+        let recorded = sm.store().checkpoints().pop().unwrap();
+        assert_eq!(
+            (recorded.root, recorded.revision),
+            (manifest.root, manifest.revision)
+        );
+        let current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, snapshot.meta);
+        assert_eq!(sm.last_applied().map(|l| l.index), Some(3));
     }
 }
