@@ -668,7 +668,7 @@ impl Pack {
 
     /// Makes what was appended so far durable without holding the pack's
     /// writer during the fdatasync, so that appends go on meanwhile (a
-    /// snapshot's checkpoint syncs seconds of unsynced flushes, see
+    /// snapshot's checkpoint syncs every flush since the last sync, see
     /// [`crate::PendingCheckpoint`]). A segment sealed since was made
     /// durable when it was sealed.
     pub fn sync_detached(&self) -> Result<()> {
