@@ -379,16 +379,25 @@ pub struct ChunkList {
 pub fn encode_node(node: &Node, child: &mut dyn FnMut(&Link) -> Hash) -> Vec<u8> {
     match node {
         Node::Leaf(leaf) => {
-            let mut out = Vec::with_capacity(16 + leaf.entries.len() * 64);
+            // Sized exactly: a leaf of inline values grew by doubling three
+            // times, copying itself each time, in every flush.
+            let len = 6 + leaf.entries.iter().map(encoded_entry_len).sum::<usize>();
+            let mut out = Vec::with_capacity(len);
             out.extend_from_slice(&[TAG_LEAF, OBJECT_VERSION]);
             out.extend_from_slice(&(leaf.entries.len() as u32).to_le_bytes());
             for entry in &leaf.entries {
                 encode_entry(entry, child, &mut out);
             }
+            debug_assert_eq!(out.len(), len, "a leaf's encoded length");
             out
         }
         Node::Branch(branch) => {
-            let mut out = Vec::with_capacity(16 + branch.children.len() * (HASH_BYTES + 24));
+            let len = 7 + branch
+                .children
+                .iter()
+                .map(|c| 2 + c.last.len() + 8 + HASH_BYTES)
+                .sum::<usize>();
+            let mut out = Vec::with_capacity(len);
             out.extend_from_slice(&[TAG_BRANCH, OBJECT_VERSION, branch.level]);
             out.extend_from_slice(&(branch.children.len() as u32).to_le_bytes());
             for c in &branch.children {
@@ -397,9 +406,21 @@ pub fn encode_node(node: &Node, child: &mut dyn FnMut(&Link) -> Hash) -> Vec<u8>
                 out.extend_from_slice(&c.count.to_le_bytes());
                 out.extend_from_slice(child(&c.link).as_bytes());
             }
+            debug_assert_eq!(out.len(), len, "a branch's encoded length");
             out
         }
     }
+}
+
+/// Bytes [`encode_entry`] writes for `entry`.
+fn encoded_entry_len(entry: &Entry) -> usize {
+    let payload = match &entry.value {
+        EntryValue::Inline(bytes) => 4 + bytes.len(),
+        EntryValue::Blob { .. } | EntryValue::Chunked { .. } | EntryValue::Dir { .. } => {
+            HASH_BYTES + 8
+        }
+    };
+    2 + entry.name.len() + 8 + 1 + payload
 }
 
 fn encode_entry(entry: &Entry, child: &mut dyn FnMut(&Link) -> Hash, out: &mut Vec<u8>) {
