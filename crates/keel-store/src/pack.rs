@@ -823,13 +823,12 @@ impl Pack {
                 let bytes = std::fs::metadata(self.log.path_of(id))
                     .map(|m| m.len())
                     .unwrap_or(0);
-                let blobs = Vec::new();
                 (
                     id,
                     SegmentBlobs {
                         segment: id,
                         bytes,
-                        blobs,
+                        blobs: Vec::new(),
                     },
                 )
             })

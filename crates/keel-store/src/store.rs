@@ -1118,9 +1118,13 @@ impl Store {
         checkpoints.persist_retention()?;
         roots.extend(checkpoints.history().iter().map(|c| Link::Stored(c.root)));
         drop(checkpoints);
-        let pending = self.inner.pending_checkpoints.lock();
-        roots.extend(pending.iter().map(|root| Link::Stored(*root)));
-        drop(pending);
+        roots.extend(
+            self.inner
+                .pending_checkpoints
+                .lock()
+                .iter()
+                .map(|root| Link::Stored(*root)),
+        );
         objects.pack.begin_collection();
         Ok((roots, objects.pack.sealed_segments()))
     }
@@ -1567,6 +1571,14 @@ mod tests {
         bytes
     }
 
+    /// Segments of 16 KiB: a value of a few hundred KiB seals several.
+    fn small_segments() -> StoreOptions {
+        StoreOptions {
+            segment_bytes_target: 16 * 1024,
+            ..StoreOptions::default()
+        }
+    }
+
     /// What writes do while a collection runs survives it: blobs they bring
     /// back that the mark found garbage (here a large value set again: its
     /// chunks and chunk list) are copied out of the segments it drops, and
@@ -1575,10 +1587,7 @@ mod tests {
     #[test]
     fn writes_made_while_a_collection_runs_survive_it() {
         let dir = tempfile::tempdir().unwrap();
-        let options = || StoreOptions {
-            segment_bytes_target: 16 * 1024,
-            ..StoreOptions::default()
-        };
+        let options = small_segments;
         let store = Store::init(dir.path(), options()).unwrap();
         let large = noise(7, 300_000);
         store.commit(&[Txn::put("k", large.clone())]).unwrap();
@@ -1618,10 +1627,7 @@ mod tests {
     #[test]
     fn a_begun_checkpoint_records_its_state_and_keeps_its_tree_until_finished() {
         let dir = tempfile::tempdir().unwrap();
-        let options = || StoreOptions {
-            segment_bytes_target: 16 * 1024,
-            ..StoreOptions::default()
-        };
+        let options = small_segments;
         let store = Store::init(dir.path(), options()).unwrap();
         let old = noise(1, 300_000);
         store.commit(&[Txn::put("k", old.clone())]).unwrap();
