@@ -73,7 +73,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return output::report_usage_error(error),
+    };
     init_logging(matches!(cli.command, Command::Serve(_)));
     let out = Output { json: cli.json };
     let result = match &cli.command {

@@ -86,6 +86,32 @@ pub fn report_error(error: &anyhow::Error, json: bool) -> ExitCode {
     ExitCode::from(code)
 }
 
+/// Reports bad arguments (exit 2) as clap words them, or as a JSON error
+/// when `--json` was given, as every other error is; help and version
+/// requests print as usual.
+pub fn report_usage_error(error: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let json = std::env::args_os().any(|arg| arg == "--json");
+    let help = matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    if !json || help {
+        error.exit();
+    }
+    // clap's own words, without its `error: ` prefix and `--help` advice.
+    let rendered = error.render().to_string();
+    let message = rendered
+        .lines()
+        .take_while(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    report_error(&CliError::usage(message), true)
+}
+
 /// Where a command's results go.
 #[derive(Clone, Copy, Debug)]
 pub struct Output {

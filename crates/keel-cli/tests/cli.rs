@@ -98,9 +98,24 @@ fn store_commands_and_exit_codes() {
         1
     );
 
-    let bad = keel(&["kv", "put", "--data-dir", d, "a//b", "x"]);
-    assert_eq!(code(&bad), 1);
-    assert!(stderr(&bad).contains("invalid key"));
+    // A malformed key is a usage error, whatever the command.
+    for args in [
+        &["kv", "put", "--data-dir", d, "a//b", "x"][..],
+        &["kv", "get", "--data-dir", d, "a/"],
+        &["kv", "del", "--data-dir", d, "a//b", "--prefix"],
+        &["kv", "ls", "--data-dir", d, "a/../b"],
+    ] {
+        let bad = keel(args);
+        assert_eq!(code(&bad), 2, "{args:?}: {}", stderr(&bad));
+        assert!(stderr(&bad).contains("invalid key"), "{}", stderr(&bad));
+    }
+    // With --json, a usage error is a JSON error as any other.
+    let bad = keel(&["--json", "kv", "put", "--data-dir", d, "a//b", "x"]);
+    assert_eq!(code(&bad), 2);
+    let error: serde_json::Value = serde_json::from_str(stderr(&bad).trim()).unwrap();
+    assert_eq!(error["error"]["exit_code"], 2);
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("invalid value 'a//b'"), "{message}");
     assert_eq!(
         code(&keel(&["kv", "put", "--data-dir", d])),
         2,

@@ -32,6 +32,7 @@ pub struct PutArgs {
     #[command(flatten)]
     pub target: Target,
     /// Key: a `/`-separated path such as `apps/web/config`.
+    #[arg(value_parser = key_arg)]
     pub key: String,
     /// The value; `-` reads it from stdin.
     #[arg(required_unless_present = "file", conflicts_with = "file")]
@@ -49,6 +50,7 @@ pub struct PutArgs {
 pub struct GetArgs {
     #[command(flatten)]
     pub target: Target,
+    #[arg(value_parser = key_arg)]
     pub key: String,
     /// Read from a retained checkpoint instead of the current state.
     #[arg(long, value_name = "SEQ")]
@@ -62,6 +64,8 @@ pub struct GetArgs {
 pub struct DelArgs {
     #[command(flatten)]
     pub target: Target,
+    /// A key, or with --prefix a directory.
+    #[arg(value_parser = dir_arg)]
     pub key: String,
     /// Delete the key and everything below `KEY/`.
     #[arg(long)]
@@ -73,7 +77,7 @@ pub struct LsArgs {
     #[command(flatten)]
     pub target: Target,
     /// Directory to list (default: the root).
-    #[arg(default_value = "")]
+    #[arg(default_value = "", value_parser = dir_arg)]
     pub prefix: String,
     /// List every value below the directory, with full keys.
     #[arg(long, short = 'r')]
@@ -95,7 +99,7 @@ pub struct WatchArgs {
     #[arg(long, env = "KEEL_ENDPOINT", value_name = "URL", default_value = super::DEFAULT_ENDPOINT)]
     pub endpoint: String,
     /// Only changes to this key or below it.
-    #[arg(default_value = "")]
+    #[arg(default_value = "", value_parser = dir_arg)]
     pub prefix: String,
     /// Start at this revision (default: the next change).
     #[arg(long, value_name = "REV")]
@@ -103,6 +107,22 @@ pub struct WatchArgs {
     /// Stop after this many events.
     #[arg(long)]
     pub count: Option<u64>,
+}
+
+/// A key argument, checked before anything runs, so that a malformed key
+/// is a usage error (exit 2) on- and offline alike.
+fn key_arg(key: &str) -> Result<String, String> {
+    keel_store::key::split_key(key)
+        .map(|_| key.to_string())
+        .map_err(|e| e.to_string())
+}
+
+/// A directory (or key prefix) argument: as a key, but empty, `/` and a
+/// trailing `/` are allowed.
+fn dir_arg(path: &str) -> Result<String, String> {
+    keel_store::key::split_dir(path)
+        .map(|_| path.to_string())
+        .map_err(|e| e.to_string())
 }
 
 pub fn run(command: &KvCommand, out: Output) -> anyhow::Result<()> {
