@@ -197,3 +197,35 @@ fn put_if_revision_is_a_compare_and_set() {
     assert_eq!(code(&create("2", "1")), 0, "at the revision it was read at");
     assert_eq!(keel(&["kv", "get", "--data-dir", d, "fence"]).stdout, b"2");
 }
+
+#[test]
+fn serve_with_a_malformed_or_missing_config_cannot_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("node");
+    let d = d.to_str().unwrap();
+    assert_eq!(code(&keel(&["init", "--data-dir", d])), 0);
+    let config = dir.path().join("keel.toml");
+    std::fs::write(&config, "listen = 5\n").unwrap();
+    let config = config.to_str().unwrap();
+    let malformed = keel(&["serve", "--data-dir", d, "--config", config]);
+    assert_eq!(code(&malformed), 2, "{}", stderr(&malformed));
+    assert!(
+        stderr(&malformed).contains("invalid config") && stderr(&malformed).contains(config),
+        "{}",
+        stderr(&malformed)
+    );
+    let absent = dir.path().join("absent.toml");
+    let missing = keel(&[
+        "serve",
+        "--data-dir",
+        d,
+        "--config",
+        absent.to_str().unwrap(),
+    ]);
+    assert_eq!(code(&missing), 2, "{}", stderr(&missing));
+    assert!(
+        stderr(&missing).contains("cannot read config"),
+        "{}",
+        stderr(&missing)
+    );
+}

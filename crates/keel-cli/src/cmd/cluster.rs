@@ -70,7 +70,8 @@ fn parse_size(text: &str) -> Result<u64, String> {
 impl ServeArgs {
     fn config(&self) -> anyhow::Result<NodeConfig> {
         let mut config = match &self.config {
-            Some(path) => NodeConfig::load(path)?,
+            // An unreadable or malformed file: the node cannot start (exit 2).
+            Some(path) => NodeConfig::load(path).map_err(|e| CliError::usage(format!("{e:#}")))?,
             None => NodeConfig::default(),
         };
         if let Some(dir) = &self.data_dir {
