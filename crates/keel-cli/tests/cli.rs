@@ -103,6 +103,7 @@ fn store_commands_and_exit_codes() {
         &["kv", "put", "--data-dir", d, "a//b", "x"][..],
         &["kv", "get", "--data-dir", d, "a/"],
         &["kv", "del", "--data-dir", d, "a//b", "--prefix"],
+        &["kv", "del", "--data-dir", d, "a/"],
         &["kv", "ls", "--data-dir", d, "a/../b"],
     ] {
         let bad = keel(args);

@@ -305,10 +305,13 @@ impl Disk {
         if !low && state.space.free >= need {
             return Ok(());
         }
-        if !low {
+        if !low && state.space.free < self.resume_at() {
             // Enter low-space mode (release the reserve, reclaim) now, not
             // at the next tick: a write refused for space is low space even
-            // with a little more than the watermark free.
+            // with a little more than the watermark free. With enough free
+            // to leave that mode again at once, only this write is too
+            // large: entering it would flap (release the reserve, re-create
+            // it, refuse again) and refuse everything else meanwhile.
             state.enter_low_pending = true;
             self.inner.wake.notify_one();
         }
@@ -319,6 +322,24 @@ impl Disk {
             self.inner.dir.display(),
             human(need),
         ))
+    }
+
+    /// Bytes a write may add now (measured afresh): what is free above the
+    /// low watermark, or nothing in low-space mode.
+    pub fn admissible_bytes(&self) -> u64 {
+        let measured = self.measure();
+        let mut state = self.inner.state.lock();
+        if let Ok(space) = measured {
+            state.space = space;
+            state.measured = Instant::now();
+        }
+        if state.low_since_ms.is_some() {
+            return 0;
+        }
+        state
+            .space
+            .free
+            .saturating_sub(self.inner.settings.low_watermark_bytes)
     }
 
     /// Records what peer `node` said of its disk.
@@ -827,6 +848,29 @@ mod tests {
             pack_bytes_after,
             ..Collected::default()
         })
+    }
+
+    #[test]
+    fn a_write_too_large_for_the_space_above_the_resume_point_does_not_enter_low_space_mode() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = statvfs(dir.path()).unwrap().free;
+        let settings = DiskSettings {
+            low_watermark_bytes: free / 2,
+            reserve_bytes: 0,
+            ..DiskSettings::default()
+        };
+        let disk = Disk::new(1, dir.path(), settings, Faults::default());
+        assert!(disk.admit(free / 4).is_ok());
+        assert!(disk.admit(free).is_err(), "larger than the free space");
+        assert!(
+            !disk.inner.state.lock().enter_low_pending,
+            "low-space mode asked for with more than its resume point free: it would flap"
+        );
+        let room = disk.admissible_bytes();
+        assert!(room > free / 4 && room < free, "{room} of {free}");
+        disk.check();
+        assert!(!disk.is_low());
+        assert!(disk.admit(free / 4).is_ok(), "smaller writes go on");
     }
 
     #[test]

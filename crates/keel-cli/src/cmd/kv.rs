@@ -135,10 +135,16 @@ pub fn run(command: &KvCommand, out: Output) -> anyhow::Result<()> {
             Place::Offline(dir) => get(args, &dir, out),
             Place::Online(client) => get_online(args, &client, out),
         },
-        KvCommand::Del(args) => match args.target.place() {
-            Place::Offline(dir) => del(args, &dir, out),
-            Place::Online(client) => del_online(args, &client, out),
-        },
+        KvCommand::Del(args) => {
+            // A directory only with --prefix: `a/` alone is a malformed key.
+            if !args.prefix {
+                key_arg(&args.key).map_err(CliError::usage)?;
+            }
+            match args.target.place() {
+                Place::Offline(dir) => del(args, &dir, out),
+                Place::Online(client) => del_online(args, &client, out),
+            }
+        }
         KvCommand::Ls(args) => match args.target.place() {
             Place::Offline(dir) => ls(args, &dir, out),
             Place::Online(client) => ls_online(args, &client, out),

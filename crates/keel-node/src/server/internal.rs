@@ -165,6 +165,30 @@ pub async fn append(State(node): State<Node>, headers: HeaderMap, body: Bytes) -
     };
     node.leader_contact();
     if !request.entries.is_empty() && node.disk().admit(2 * body.len() as u64).is_err() {
+        // Take the entries that fit (a follower far behind gets large
+        // requests), so that it makes progress whenever anything fits.
+        let room = node.disk().admissible_bytes();
+        let mut taken = 0u64;
+        let fitting = request
+            .entries
+            .iter()
+            .take_while(|entry| {
+                taken += 2 * encode(*entry).len() as u64;
+                taken <= room
+            })
+            .count();
+        if fitting > 0 {
+            let mut request = request;
+            request.entries.truncate(fitting);
+            let last = request.entries.last().map(|entry| entry.log_id);
+            let answer = match node.raft().append_entries(request).await {
+                Ok(AppendEntriesResponse::Success) => {
+                    Ok(AppendEntriesResponse::PartialSuccess(last))
+                }
+                other => other,
+            };
+            return binary(encode(&answer));
+        }
         let matching = request.prev_log_id;
         let heartbeat = AppendEntriesRequest {
             entries: Vec::new(),
