@@ -9,7 +9,11 @@
 //!    client writes are refused before they reach the Raft log (HTTP 507
 //!    `disk_full`, "disk full on node N: ..."), and a follower refuses
 //!    entries from the leader while it keeps following (see
-//!    `server::internal::append`). Reads are never refused.
+//!    `server::internal::append`; out of that mode it stores the first
+//!    entries of a request that fit, so a follower far behind catches up in
+//!    parts). A write too large for the space left does not enter the mode
+//!    when more than its resume point is free (it would end again at once).
+//!    Reads are never refused.
 //! 2. **The reserve**: a preallocated file `D/reserve`. Entering low-space
 //!    mode (or meeting `ENOSPC` anywhere) releases it, so that what was
 //!    already accepted still has room: entries being applied, flushes,
