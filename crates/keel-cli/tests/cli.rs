@@ -17,6 +17,15 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// A temporary directory with a store initialised in `store/` under it,
+/// and that store's path.
+fn initialised_store() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store").to_str().unwrap().to_string();
+    assert_eq!(code(&keel(&["init", "--data-dir", &store])), 0);
+    (dir, store)
+}
+
 #[test]
 fn store_commands_and_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
@@ -171,10 +180,8 @@ fn foreign_and_empty_directories_are_never_touched() {
 
 #[test]
 fn put_if_revision_is_a_compare_and_set() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().join("d");
-    let d = d.to_str().unwrap();
-    assert_eq!(code(&keel(&["init", "--data-dir", d])), 0);
+    let (_dir, d) = initialised_store();
+    let d = d.as_str();
     let create = |value: &str, rev: &str| {
         keel(&[
             "kv",
@@ -201,10 +208,8 @@ fn put_if_revision_is_a_compare_and_set() {
 
 #[test]
 fn serve_with_a_malformed_or_missing_config_cannot_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().join("node");
-    let d = d.to_str().unwrap();
-    assert_eq!(code(&keel(&["init", "--data-dir", d])), 0);
+    let (dir, d) = initialised_store();
+    let d = d.as_str();
     let config = dir.path().join("keel.toml");
     std::fs::write(&config, "listen = 5\n").unwrap();
     let config = config.to_str().unwrap();

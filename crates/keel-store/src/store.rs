@@ -1587,8 +1587,7 @@ mod tests {
     #[test]
     fn writes_made_while_a_collection_runs_survive_it() {
         let dir = tempfile::tempdir().unwrap();
-        let options = small_segments;
-        let store = Store::init(dir.path(), options()).unwrap();
+        let store = Store::init(dir.path(), small_segments()).unwrap();
         let large = noise(7, 300_000);
         store.commit(&[Txn::put("k", large.clone())]).unwrap();
         store.commit(&[Txn::put("k", b"small".to_vec())]).unwrap();
@@ -1615,7 +1614,7 @@ mod tests {
         };
         check(&store);
         drop(store);
-        let store = Store::open(dir.path(), options()).unwrap();
+        let store = Store::open(dir.path(), small_segments()).unwrap();
         check(&store);
         assert!(!store.recovery().found_damage(), "{:?}", store.recovery());
     }
@@ -1627,8 +1626,7 @@ mod tests {
     #[test]
     fn a_begun_checkpoint_records_its_state_and_keeps_its_tree_until_finished() {
         let dir = tempfile::tempdir().unwrap();
-        let options = small_segments;
-        let store = Store::init(dir.path(), options()).unwrap();
+        let store = Store::init(dir.path(), small_segments()).unwrap();
         let old = noise(1, 300_000);
         store.commit(&[Txn::put("k", old.clone())]).unwrap();
         let pending = store.begin_checkpoint(Some(b"applied 1".to_vec())).unwrap();
@@ -1646,7 +1644,7 @@ mod tests {
         );
         assert_eq!(store.checkpoints().last(), Some(&checkpoint));
         drop(store);
-        let store = Store::open(dir.path(), options()).unwrap();
+        let store = Store::open(dir.path(), small_segments()).unwrap();
         let view = store.at_checkpoint(checkpoint.sequence).unwrap();
         assert_eq!(view.get_value("k").unwrap().unwrap(), old);
         assert_eq!(
