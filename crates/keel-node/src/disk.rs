@@ -291,15 +291,22 @@ impl Disk {
         self.inner.state.lock().low_since_ms.is_some()
     }
 
-    /// Whether a write that adds about `bytes` to the disk may go ahead; if
-    /// not, the message for the client. Measures the file system afresh.
-    pub fn admit(&self, bytes: u64) -> Result<(), String> {
+    /// The state, with the space measured afresh (the last measurement
+    /// stays if this one fails).
+    fn measured_state(&self) -> parking_lot::MutexGuard<'_, State> {
         let measured = self.measure();
         let mut state = self.inner.state.lock();
         if let Ok(space) = measured {
             state.space = space;
             state.measured = Instant::now();
         }
+        state
+    }
+
+    /// Whether a write that adds about `bytes` to the disk may go ahead; if
+    /// not, the message for the client. Measures the file system afresh.
+    pub fn admit(&self, bytes: u64) -> Result<(), String> {
+        let mut state = self.measured_state();
         let low = state.low_since_ms.is_some();
         let need = if low {
             self.resume_at()
@@ -331,12 +338,7 @@ impl Disk {
     /// Bytes a write may add now (measured afresh): what is free above the
     /// low watermark, or nothing in low-space mode.
     pub fn admissible_bytes(&self) -> u64 {
-        let measured = self.measure();
-        let mut state = self.inner.state.lock();
-        if let Ok(space) = measured {
-            state.space = space;
-            state.measured = Instant::now();
-        }
+        let state = self.measured_state();
         if state.low_since_ms.is_some() {
             return 0;
         }
