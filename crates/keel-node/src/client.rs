@@ -89,6 +89,29 @@ pub fn path_escape(key: &str) -> String {
     out
 }
 
+/// Why an HTTP call failed, in words an operator can act on. reqwest's own
+/// message says only that sending failed and names the URL; the cause that
+/// tells what to do (refused, timed out, reset, a bad URL) is at the end of
+/// its chain of sources.
+pub fn http_failure(error: reqwest::Error) -> String {
+    let error = error.without_url();
+    let mut deepest = None;
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        deepest = Some(cause.to_string());
+        source = cause.source();
+    }
+    let what = if error.is_builder() {
+        "not a valid endpoint (expected http://HOST:PORT)".to_string()
+    } else {
+        error.to_string()
+    };
+    match deepest {
+        Some(cause) => format!("{what}: {cause}"),
+        None => what,
+    }
+}
+
 impl Client {
     pub fn new(endpoint: &str) -> Client {
         Client::with_http(crate::node::http_client(), endpoint)
@@ -123,7 +146,7 @@ impl Client {
     ) -> Result<reqwest::Response, ClientError> {
         let response = request.send().await.map_err(|e| ClientError::Unreachable {
             endpoint: self.endpoint.clone(),
-            reason: e.to_string(),
+            reason: http_failure(e),
         })?;
         if response.status().is_success() {
             return Ok(response);
@@ -157,7 +180,7 @@ impl Client {
         let response = self.send(request).await?;
         response.json().await.map_err(|e| ClientError::Unreachable {
             endpoint: self.endpoint.clone(),
-            reason: format!("undecodable answer: {e}"),
+            reason: format!("undecodable answer: {}", http_failure(e)),
         })
     }
 
@@ -182,7 +205,7 @@ impl Client {
             .await
             .map_err(|e| ClientError::Unreachable {
                 endpoint: self.endpoint.clone(),
-                reason: e.to_string(),
+                reason: http_failure(e),
             })?;
         Ok(Value {
             bytes,
@@ -278,7 +301,7 @@ impl Client {
             .await
             .map_err(|e| ClientError::Unreachable {
                 endpoint: self.endpoint.clone(),
-                reason: e.to_string(),
+                reason: http_failure(e),
             })?;
         Ok(response.status() == StatusCode::OK)
     }
@@ -328,7 +351,7 @@ impl Client {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| ClientError::Unreachable {
                 endpoint: self.endpoint.clone(),
-                reason: e.to_string(),
+                reason: http_failure(e),
             })?;
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
@@ -381,7 +404,7 @@ impl Client {
         let response = self.send_streaming(request).await?;
         response.json().await.map_err(|e| ClientError::Unreachable {
             endpoint: self.endpoint.clone(),
-            reason: format!("undecodable answer: {e}"),
+            reason: format!("undecodable answer: {}", http_failure(e)),
         })
     }
 

@@ -650,11 +650,11 @@ impl Node {
             .timeout(STATUS_TIMEOUT)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(crate::client::http_failure)?;
         if !response.status().is_success() {
             return Err(format!("answered {}", response.status()));
         }
-        response.json().await.map_err(|e| e.to_string())
+        response.json().await.map_err(crate::client::http_failure)
     }
 
     // ---------------------------------------------------------------- membership

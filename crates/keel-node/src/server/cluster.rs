@@ -74,14 +74,18 @@ pub(super) async fn forward(
         request = request.json(&body);
     }
     let response = request.send().await.map_err(|e| {
-        ApiError::unavailable(format!("forwarding to the leader at {}: {e}", leader.addr))
+        ApiError::unavailable(format!(
+            "forwarding to the leader at {}: {}",
+            leader.addr,
+            crate::client::http_failure(e)
+        ))
     })?;
     let status =
         StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
     let bytes = response
         .bytes()
         .await
-        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        .map_err(|e| ApiError::unavailable(crate::client::http_failure(e)))?;
     Ok((status, [("content-type", "application/json")], bytes).into_response())
 }
 
