@@ -235,3 +235,31 @@ fn serve_with_a_malformed_or_missing_config_cannot_start() {
         stderr(&missing)
     );
 }
+
+#[test]
+fn an_unreachable_or_malformed_endpoint_says_why() {
+    // A port just freed on loopback: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let refused = keel(&["kv", "get", "--endpoint", &endpoint, "k"]);
+    assert_eq!(code(&refused), 2, "{}", stderr(&refused));
+    let text = stderr(&refused);
+    assert!(
+        text.contains(&format!("cannot reach {endpoint}"))
+            && text.to_lowercase().contains("connection refused")
+            && text.contains("is the node running?"),
+        "the cause, not only the URL: {text}"
+    );
+
+    let malformed = keel(&["kv", "put", "--endpoint", "notaurl", "k", "v"]);
+    assert_eq!(code(&malformed), 2, "{}", stderr(&malformed));
+    assert!(
+        stderr(&malformed).contains("not a valid endpoint (expected http://HOST:PORT)"),
+        "{}",
+        stderr(&malformed)
+    );
+}
