@@ -278,10 +278,7 @@ pub fn render_status(status: &ClusterStatus) -> String {
             vec![
                 m.node_id.to_string(),
                 m.addr.clone(),
-                s.map_or_else(
-                    || format!("down ({})", m.error.clone().unwrap_or_default()),
-                    |s| s.role.clone(),
-                ),
+                s.map_or_else(|| "down".to_string(), |s| s.role.clone()),
                 m.membership.clone(),
                 s.map_or("-".into(), |s| s.term.to_string()),
                 opt(s.and_then(|s| s.last_log_index)),
@@ -302,8 +299,19 @@ pub fn render_status(status: &ClusterStatus) -> String {
             ]
         })
         .collect();
+    // Why a member is down goes under the table, where a long message does
+    // not stretch every row.
+    let down: String = status
+        .members
+        .iter()
+        .filter(|m| m.status.is_none())
+        .map(|m| {
+            let why = m.error.as_deref().unwrap_or("no answer");
+            format!("\nnode {} did not answer: {why}", m.node_id)
+        })
+        .collect();
     format!(
-        "cluster {}  leader {}\n{}",
+        "cluster {}  leader {}\n{}{down}",
         status.cluster_id,
         status.leader.map_or("none".into(), |l| l.to_string()),
         table(
@@ -325,4 +333,37 @@ pub fn render_status(status: &ClusterStatus) -> String {
             &rows
         )
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keel_node::api::MemberStatus;
+
+    #[test]
+    fn a_down_member_is_down_in_the_table_and_why_is_below_it() {
+        let why = "error sending request: Connection refused (os error 111)";
+        let status = ClusterStatus {
+            cluster_id: "c".into(),
+            leader: None,
+            reported_by: 2,
+            members: vec![MemberStatus {
+                node_id: 1,
+                addr: "http://127.0.0.1:7001".into(),
+                membership: "voter".into(),
+                matched_index: None,
+                lag: None,
+                last_contact_ms: None,
+                status: None,
+                error: Some(why.into()),
+            }],
+        };
+        let text = render_status(&status);
+        let row = text.lines().nth(2).unwrap();
+        assert!(row.contains(" down ") && !row.contains(why), "{text}");
+        assert_eq!(
+            text.lines().last().unwrap(),
+            format!("node 1 did not answer: {why}")
+        );
+    }
 }
