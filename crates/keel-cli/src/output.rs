@@ -3,7 +3,8 @@
 //! Every command prints human-readable text by default and one JSON document
 //! with `--json`. Errors go to stderr (as `{"error": ...}` with `--json`).
 //! Exit codes: 0 success; 1 the operation failed or found problems; 2 usage
-//! error or the command could not start.
+//! error or the command could not start. A reader that stops reading (`keel
+//! ... | head`) ends the command quietly, with 0.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -75,6 +76,9 @@ fn store_exit_code(error: &StoreError) -> u8 {
 
 /// Prints an error the way the command's output mode asks for.
 pub fn report_error(error: &anyhow::Error, json: bool) -> ExitCode {
+    if stdout_closed(error) {
+        return ExitCode::SUCCESS;
+    }
     let code = exit_code(error);
     let message = format!("{error:#}");
     if json {
@@ -84,6 +88,20 @@ pub fn report_error(error: &anyhow::Error, json: bool) -> ExitCode {
         let _ = writeln!(std::io::stderr(), "keel: error: {message}");
     }
     ExitCode::from(code)
+}
+
+/// Whether the error is our reader going away (`keel ... | head`): the
+/// output it wanted has been written, so, as other Unix tools do, the
+/// command ends quietly. Only writes to stdout can fail this way: node
+/// calls carry their causes as text, and files never answer EPIPE.
+fn stdout_closed(error: &anyhow::Error) -> bool {
+    let broken_pipe = Some(std::io::ErrorKind::BrokenPipe);
+    error.chain().any(|cause| {
+        // serde_json keeps the io::Error inside, not as its source.
+        let json = cause.downcast_ref::<serde_json::Error>();
+        cause.downcast_ref::<std::io::Error>().map(|e| e.kind()) == broken_pipe
+            || json.and_then(|e| e.io_error_kind()) == broken_pipe
+    })
 }
 
 /// Reports bad arguments (exit 2) as clap words them, or as a JSON error

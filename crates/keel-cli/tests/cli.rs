@@ -263,3 +263,28 @@ fn an_unreachable_or_malformed_endpoint_says_why() {
         stderr(&malformed)
     );
 }
+
+#[test]
+fn a_reader_that_stops_reading_ends_the_command_quietly() {
+    let (_dir, store) = initialised_store();
+    assert_eq!(
+        code(&keel(&["kv", "put", "--data-dir", &store, "k", "v"])),
+        0
+    );
+    for args in [
+        vec!["kv", "get", "--data-dir", &store, "k"],
+        vec!["--json", "kv", "ls", "--data-dir", &store, "-r"],
+    ] {
+        // The read end is closed before the command writes a byte: every
+        // write to stdout fails with EPIPE.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(&args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        assert_eq!(code(&output), 0, "{args:?}: {}", stderr(&output));
+        assert_eq!(stderr(&output), "", "{args:?}");
+    }
+}
