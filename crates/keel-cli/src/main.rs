@@ -107,10 +107,12 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr; `KEEL_LOG` sets the filter (default: warnings, and
-/// Keel's own information when serving).
+/// Keel's own information when serving). openraft's replication logs every
+/// failed call to a peer that is down, twice a second; Keel's network
+/// reports those outages itself, a line a minute (`keel_node::network`).
 fn init_logging(serving: bool) {
     let default = if serving {
-        "info,openraft=error"
+        "info,openraft=error,openraft::replication=off"
     } else {
         "warn"
     };

@@ -5,6 +5,11 @@
 //! it. Failures map to openraft's error kinds so that it backs off from a
 //! node that is down, not ready or low on disk space (`Unreachable`) and
 //! retries a transient failure (`Network`).
+//!
+//! openraft retries a peer that is down every half second and would log
+//! every failure; a day's outage would write hundreds of thousands of
+//! lines. Failures are logged here instead ([`Troubles`]): when a peer
+//! starts failing, once a minute while it lasts, and when it answers again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,12 +47,16 @@ pub const STATUS_DISK_FULL: u16 = 507;
 /// When each peer last answered a Raft RPC.
 pub type Contacts = Arc<Mutex<HashMap<NodeId, Instant>>>;
 
+/// How often a peer that keeps failing is reported again.
+const TROUBLE_REPORT_EVERY: Duration = Duration::from_secs(60);
+
 /// Creates connections to peers (cheap: nothing is dialled until a call).
 #[derive(Clone)]
 pub struct Network {
     links: Links,
     contacts: Contacts,
     faults: Faults,
+    troubles: Arc<Mutex<Troubles>>,
 }
 
 impl Network {
@@ -56,6 +65,87 @@ impl Network {
             links,
             contacts,
             faults,
+            troubles: Arc::default(),
+        }
+    }
+}
+
+/// Peers whose Raft calls fail: when each began, and when it was last
+/// reported.
+#[derive(Default)]
+struct Troubles {
+    peers: HashMap<NodeId, Trouble>,
+}
+
+struct Trouble {
+    since: Instant,
+    reported: Instant,
+    failures: u64,
+}
+
+/// What to log about a peer after a call.
+#[derive(Debug, PartialEq)]
+enum Report {
+    Began,
+    Lasts { for_: Duration, failures: u64 },
+    Ended { after: Duration, failures: u64 },
+}
+
+impl Troubles {
+    fn failed(&mut self, peer: NodeId, now: Instant) -> Option<Report> {
+        let Some(trouble) = self.peers.get_mut(&peer) else {
+            let trouble = Trouble {
+                since: now,
+                reported: now,
+                failures: 1,
+            };
+            self.peers.insert(peer, trouble);
+            return Some(Report::Began);
+        };
+        trouble.failures += 1;
+        if now.duration_since(trouble.reported) < TROUBLE_REPORT_EVERY {
+            return None;
+        }
+        trouble.reported = now;
+        Some(Report::Lasts {
+            for_: now.duration_since(trouble.since),
+            failures: trouble.failures,
+        })
+    }
+
+    fn answered(&mut self, peer: NodeId, now: Instant) -> Option<Report> {
+        let trouble = self.peers.remove(&peer)?;
+        Some(Report::Ended {
+            after: now.duration_since(trouble.since),
+            failures: trouble.failures,
+        })
+    }
+}
+
+impl Network {
+    fn log_failure(&self, peer: NodeId, reason: &str) {
+        let report = self.troubles.lock().failed(peer, Instant::now());
+        match report {
+            Some(Report::Began) => {
+                tracing::warn!(peer, "Raft calls to node {peer} fail: {reason}; retrying")
+            }
+            Some(Report::Lasts { for_, failures }) => tracing::warn!(
+                peer,
+                "Raft calls to node {peer} have failed for {}s ({failures} calls): {reason}; retrying",
+                for_.as_secs()
+            ),
+            _ => {}
+        }
+    }
+
+    fn log_answer(&self, peer: NodeId) {
+        let report = self.troubles.lock().answered(peer, Instant::now());
+        if let Some(Report::Ended { after, failures }) = report {
+            tracing::info!(
+                peer,
+                "node {peer} answers Raft calls again after {:.1}s ({failures} failed meanwhile)",
+                after.as_secs_f64()
+            );
         }
     }
 }
@@ -148,10 +238,16 @@ impl Connection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        match self
+        let result = self
             .call::<Req, Result<Resp, RaftError<NodeId, E>>>(path, request, option.hard_ttl())
-            .await
-        {
+            .await;
+        match &result {
+            Ok(_) => self.network.log_answer(self.target),
+            Err(Failure::Unreachable(reason) | Failure::Network(reason)) => {
+                self.network.log_failure(self.target, reason)
+            }
+        }
+        match result {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
             Err(Failure::Unreachable(reason)) => Err(RPCError::Unreachable(Unreachable::new(
@@ -190,5 +286,45 @@ impl RaftNetwork<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, NodeInfo, RaftError<NodeId>>> {
         self.rpc(PATH_VOTE, &rpc, &option).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_reported_when_it_begins_once_a_minute_and_when_it_ends() {
+        let mut troubles = Troubles::default();
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(troubles.answered(2, at(0)), None, "a healthy peer");
+        assert_eq!(troubles.failed(2, at(0)), Some(Report::Began));
+        // openraft retries every half second: quiet until a minute passed.
+        for ms in (500..60_000).step_by(500) {
+            assert_eq!(troubles.failed(2, at(ms)), None, "at {ms} ms");
+        }
+        assert_eq!(
+            troubles.failed(3, at(1_000)),
+            Some(Report::Began),
+            "each peer"
+        );
+        assert_eq!(
+            troubles.failed(2, at(60_000)),
+            Some(Report::Lasts {
+                for_: Duration::from_secs(60),
+                failures: 121
+            })
+        );
+        assert_eq!(troubles.failed(2, at(60_500)), None);
+        assert_eq!(
+            troubles.answered(2, at(61_000)),
+            Some(Report::Ended {
+                after: Duration::from_secs(61),
+                failures: 122
+            })
+        );
+        assert_eq!(troubles.answered(2, at(61_500)), None, "reported once");
+        assert_eq!(troubles.failed(2, at(62_000)), Some(Report::Began), "anew");
     }
 }
