@@ -59,6 +59,8 @@ pub(crate) struct Inner {
     /// that lacks them. It abstains from votes until a leader has caught it
     /// up, or until this deadline (so several damaged nodes cannot deadlock).
     abstain_until: Option<Instant>,
+    /// What opening the Raft log found (the store keeps its own report).
+    pub log_recovery: crate::log_store::LogRecovery,
     healthy_since: Mutex<HashMap<NodeId, Instant>>,
     shutdown: watch::Sender<bool>,
 }
@@ -131,6 +133,11 @@ impl Node {
             log.set_space_limit(limit);
         }
         let damaged = recovery.truncated_bytes > 0 || recovery.committed_clamped;
+        if let Some(found) = crate::health::diag::startup_findings(store.recovery(), &recovery) {
+            // A restart the health monitor asks for reopens both; the
+            // events it carries over keep this start's findings.
+            carry.note("startup", found);
+        }
         if damaged {
             tracing::warn!(
                 ?recovery,
@@ -201,6 +208,7 @@ impl Node {
                 started: Instant::now(),
                 last_leader_contact: AtomicU64::new(0),
                 abstain_until,
+                log_recovery: recovery,
                 healthy_since: Mutex::new(HashMap::new()),
                 shutdown: watch::channel(false).0,
             }),

@@ -223,3 +223,102 @@ async fn three_nodes_replicate_fail_over_and_agree() {
         let _ = member.dir;
     }
 }
+
+/// The diagnostics' start-up check of a node.
+fn startup_check(node: &Node) -> keel_node::health::diag::Check {
+    let diagnostics = node.diagnostics();
+    let check = diagnostics.checks.iter().find(|c| c.name == "startup");
+    check.cloned().expect("a startup check")
+}
+
+/// Starts a node on `dir`, waits until it is ready, and returns it with its
+/// server's task (so that a restart in this process can release the data
+/// directory).
+async fn start_ready(dir: &std::path::Path) -> (Node, tokio::task::JoinHandle<()>, Client) {
+    let (listener, url) = bind().await;
+    let node = Node::start(config(dir, listener.local_addr().unwrap()))
+        .await
+        .unwrap();
+    let serving = node.clone();
+    let server = tokio::spawn(async move {
+        let _ = keel_node::server::serve_on(serving, listener).await;
+    });
+    eventually("the node ready", Duration::from_secs(20), || {
+        let client = Client::new(&url);
+        async move { client.ready().await.unwrap_or(false) }
+    })
+    .await;
+    (node, server, Client::new(&url))
+}
+
+async fn stop(node: Node, server: tokio::task::JoinHandle<()>) {
+    node.shutdown().await.unwrap();
+    server.abort();
+    let _ = server.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_damage_is_reported_until_healed_and_kept_in_the_events() {
+    use keel_node::health::diag::Verdict;
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("n1");
+    admin::init_cluster(&dir).unwrap();
+    let (node, server, client) = start_ready(&dir).await;
+    for i in 0..100u32 {
+        let key = format!("k{i}");
+        client.put(&key, format!("v{i}"), None).await.unwrap();
+    }
+    let clean = startup_check(&node);
+    assert_eq!(clean.verdict, Verdict::Ok);
+    assert!(
+        clean.summary.contains("nothing to cut or repair"),
+        "{clean:?}"
+    );
+    stop(node, server).await;
+
+    // Damage in the middle of the store's newest pack segment: start-up
+    // cuts it and what follows (kept aside), and the Raft log replays the
+    // writes it held.
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.join("pack"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    segments.sort();
+    let newest = segments.last().unwrap();
+    let len = std::fs::metadata(newest).unwrap().len();
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(newest)
+            .unwrap();
+        file.write_all_at(&[0xA5; 64], len / 2).unwrap();
+    }
+    let (node, server, client) = start_ready(&dir).await;
+    for i in 0..100u32 {
+        let value = client.get(&format!("k{i}"), false).await.unwrap();
+        assert_eq!(value.bytes, format!("v{i}").as_bytes());
+    }
+    let healed = startup_check(&node);
+    println!("startup check after the damage: {}", healed.summary);
+    assert_eq!(healed.verdict, Verdict::Ok, "{healed:?}");
+    let (found, rest) = healed.summary.split_once("; ").unwrap();
+    assert!(
+        found.contains("of damage from the store's pack (kept in")
+            && rest == "healed: caught up and serving",
+        "{healed:?}"
+    );
+    assert!(
+        !healed.evidence["store"]["quarantined"].is_null(),
+        "{healed:?}"
+    );
+    let events = node.diagnostics().escalation.events;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.step == "startup" && e.message == found),
+        "the finding is kept among the events: {events:?}"
+    );
+    stop(node, server).await;
+}

@@ -87,12 +87,64 @@ pub struct ClusterDiagnostics {
     pub members: Vec<MemberDiagnostics>,
 }
 
+/// What opening the store and the Raft log cut or repaired, in words;
+/// `None` when both opened with nothing to fix.
+pub fn startup_findings(
+    store: &keel_store::RecoveryReport,
+    log: &crate::log_store::LogRecovery,
+) -> Option<String> {
+    use crate::disk::human;
+    let mut found = Vec::new();
+    if store.truncated_bytes > 0 {
+        found.push(match &store.quarantined {
+            Some(kept) => format!(
+                "cut {} of damage from the store's pack (kept in {})",
+                human(store.truncated_bytes),
+                kept.display()
+            ),
+            None => format!(
+                "cut a torn tail of {} from the store's pack",
+                human(store.truncated_bytes)
+            ),
+        });
+    }
+    let ranges = store.padded_gaps + store.decayed_ranges + store.sealed_damage;
+    if ranges > 0 {
+        found.push(format!(
+            "found {ranges} damaged range(s) in the store's pack"
+        ));
+    }
+    if !store.checkpoints_missing_root.is_empty() {
+        found.push(format!(
+            "found {} checkpoint(s) whose root is missing",
+            store.checkpoints_missing_root.len()
+        ));
+    }
+    if let Some(damage) = &store.checkpoint_history_damage {
+        found.push(format!("found the checkpoint history damaged: {damage}"));
+    }
+    if log.truncated_bytes > 0 {
+        found.push(format!(
+            "cut {} from the Raft log's tail",
+            human(log.truncated_bytes)
+        ));
+    }
+    if log.committed_clamped {
+        found.push("clamped a committed index that pointed past the Raft log".to_string());
+    }
+    if log.state_file_damaged {
+        found.push("found one of the two Raft state files damaged (used the other)".to_string());
+    }
+    (!found.is_empty()).then(|| format!("start-up {}", found.join("; ")))
+}
+
 impl Node {
     /// This node's checks, computed from its current signals.
     pub fn diagnostics(&self) -> NodeDiagnostics {
         let now = Instant::now();
         let checks = vec![
             self.check_data_dir(),
+            self.check_startup(),
             self.check_raft(),
             self.check_peers(now),
             self.check_replication(),
@@ -131,6 +183,54 @@ impl Node {
                 Verdict::Critical,
                 format!("{reason}; this node no longer acknowledges anything"),
                 json!({ "path": dir, "reason": reason }),
+            ),
+        }
+    }
+
+    /// What opening the store and the Raft log cut or repaired, and
+    /// whether the node has healed since: a warning only while it has not.
+    fn check_startup(&self) -> Check {
+        let store = self.inner.store.recovery();
+        let log = &self.inner.log_recovery;
+        let evidence = json!({ "store": store, "raft_log": log });
+        let Some(found) = startup_findings(store, log) else {
+            let after = if store.unclean_shutdown {
+                " after an unclean shutdown"
+            } else {
+                ""
+            };
+            let summary = format!("opened{after} with nothing to cut or repair");
+            return check("startup", Verdict::Ok, summary, evidence);
+        };
+        let status = self.status();
+        let scrub = self.scrubber().status();
+        let blobs_missing = store.padded_gaps + store.decayed_ranges + store.sealed_damage > 0
+            || !store.checkpoints_missing_root.is_empty();
+        let waiting = if !status.ready {
+            Some(format!(
+                "not ready yet: {}",
+                status.not_ready_reason.as_deref().unwrap_or("catching up")
+            ))
+        } else if blobs_missing
+            && scrub.enabled
+            && (scrub.passes_completed == 0 || !scrub.critical.is_empty())
+        {
+            Some("waiting for a clean scrub pass to repair missing blobs from peers".to_string())
+        } else {
+            None
+        };
+        match waiting {
+            Some(waiting) => check(
+                "startup",
+                Verdict::Warning,
+                format!("{found}; healing, {waiting}"),
+                evidence,
+            ),
+            None => check(
+                "startup",
+                Verdict::Ok,
+                format!("{found}; healed: caught up and serving"),
+                evidence,
             ),
         }
     }
