@@ -49,6 +49,11 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
     if let Some(cli) = error.downcast_ref::<CliError>() {
         return cli.code;
     }
+    // An online command whose node cannot be reached could not start, as
+    // with a locked or missing data directory offline.
+    if let Some(keel_node::client::ClientError::Unreachable { .. }) = error.downcast_ref() {
+        return EXIT_CANNOT_START;
+    }
     if let Some(fsck) = error.downcast_ref::<keel_fsck::FsckError>() {
         return match fsck {
             other if other.is_cannot_start() => EXIT_CANNOT_START,

@@ -255,6 +255,20 @@ fn an_unreachable_or_malformed_endpoint_says_why() {
         "the cause, not only the URL: {text}"
     );
 
+    // Every online command: the node could not be reached, so the command
+    // could not start (exit 2), as offline with a missing data directory.
+    for command in [
+        &["status"][..],
+        &["leave"],
+        &["diag"],
+        &["checkpoint", "list"],
+    ] {
+        let args = [command, &["--endpoint", &endpoint]].concat();
+        let output = keel(&args);
+        assert_eq!(code(&output), 2, "{args:?}: {}", stderr(&output));
+        assert!(stderr(&output).contains("cannot reach"), "{args:?}");
+    }
+
     let malformed = keel(&["kv", "put", "--endpoint", "notaurl", "k", "v"]);
     assert_eq!(code(&malformed), 2, "{}", stderr(&malformed));
     assert!(
