@@ -2,6 +2,7 @@
 //! processes that tests kill (SIGKILL), restart, damage and wipe.
 #![allow(dead_code)]
 
+pub mod linear;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
