@@ -1,6 +1,6 @@
 //! Linearizability under faults: clients write and read a few keys through
-//! every node while the leader is cut off from its peers, paused (SIGSTOP)
-//! or killed (SIGKILL), and the history they record is checked against a
+//! every node while the leader is cut off from its peers, paused (SIGSTOP),
+//! a node or all of them are killed (SIGKILL), and the history they record is checked against a
 //! register's meaning in real time (`harness::linear`). A stale read from a
 //! deposed leader, a lost acknowledged write or a write seen before it was
 //! made fails the test. Bounded in time; the seed is printed.
@@ -86,10 +86,17 @@ enum Fault {
     PauseLeader,
     /// A random node crashes and restarts.
     KillNode,
+    /// Every node crashes at once (a power loss) and all restart together.
+    KillAll,
 }
 
 impl Fault {
-    const ALL: [Fault; 3] = [Fault::IsolateLeader, Fault::PauseLeader, Fault::KillNode];
+    const ALL: [Fault; 4] = [
+        Fault::IsolateLeader,
+        Fault::PauseLeader,
+        Fault::KillNode,
+        Fault::KillAll,
+    ];
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -119,20 +126,22 @@ async fn reads_and_writes_stay_linearizable_through_partitions_pauses_and_crashe
         let fault = (faults.get(done.len()).copied())
             .unwrap_or_else(|| *Fault::ALL.choose(&mut rng).unwrap());
         let victim = match fault {
-            Fault::KillNode => rng.gen_range(0..3),
+            Fault::KillNode | Fault::KillAll => rng.gen_range(0..3),
             _ => cluster.leader().await.unwrap_or(rng.gen_range(0..3)),
         };
-        let lasts = Duration::from_millis(rng.gen_range(1_500..3_500));
-        println!(
-            "{:>6} ms: {fault:?} node {} for {lasts:?}",
-            start.elapsed().as_millis(),
-            victim + 1
-        );
+        let lasts = Duration::from_millis(rng.gen_range(1_500..3_000));
+        let whom = match fault {
+            Fault::KillAll => "every node".to_string(),
+            _ => format!("node {}", victim + 1),
+        };
+        let at = start.elapsed().as_millis();
+        println!("{at:>6} ms: {fault:?}, {whom}, for {lasts:?}");
         let member = &mut cluster.members[victim];
         match fault {
             Fault::IsolateLeader => member.client().isolate(true).await.unwrap(),
             Fault::PauseLeader => member.pause(),
             Fault::KillNode => member.kill(),
+            Fault::KillAll => cluster.members.iter_mut().for_each(|m| m.kill()),
         }
         tokio::time::sleep(lasts).await;
         let member = &mut cluster.members[victim];
@@ -140,14 +149,18 @@ async fn reads_and_writes_stay_linearizable_through_partitions_pauses_and_crashe
             Fault::IsolateLeader => member.client().isolate(false).await.unwrap(),
             Fault::PauseLeader => member.resume(),
             Fault::KillNode => member.start(),
+            Fault::KillAll => cluster.members.iter_mut().for_each(|m| m.start()),
         }
         done.push(fault);
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(1_000..2_000))).await;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(1_000..1_500))).await;
     }
     for client in clients {
         client.await.unwrap();
     }
-    assert!(done.len() >= 3, "every kind of fault happened: {done:?}");
+    assert!(
+        done.len() >= Fault::ALL.len(),
+        "every kind of fault happened: {done:?}"
+    );
 
     let history = std::mem::take(&mut *history.lock().unwrap());
     for key in 0..KEYS {
