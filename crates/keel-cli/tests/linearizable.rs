@@ -27,8 +27,19 @@ const FAULTS_UNTIL: Duration = Duration::from_secs(19);
 /// An operation that takes longer is abandoned: a write's outcome is then
 /// unknown, a read is dropped.
 const OP_TIMEOUT: Duration = Duration::from_secs(3);
+/// Written once the clients are done: a watcher that has seen it has seen
+/// everything before it.
+const END_KEY: &str = "lin/end";
 
-type History = Arc<Mutex<Vec<(usize, Op)>>>;
+/// What the clients did: each op with its key, and the revision an
+/// acknowledged write was given.
+type History = Arc<Mutex<Vec<Record>>>;
+
+struct Record {
+    key: usize,
+    op: Op,
+    revision: Option<u64>,
+}
 
 fn since(start: Instant) -> u64 {
     // 0 is the initial value's instant.
@@ -44,38 +55,175 @@ async fn client(id: usize, node: Client, seed: u64, start: Instant, history: His
         let key = rng.gen_range(0..KEYS);
         let path = format!("lin/k{key}");
         let invoke = since(start);
-        let op = if rng.gen_bool(0.5) {
+        let record = if rng.gen_bool(0.5) {
             writes += 1;
             let value = format!("c{id}-w{writes}");
             let put = node.put(&path, value.clone(), None);
-            let done = matches!(tokio::time::timeout(OP_TIMEOUT, put).await, Ok(Ok(_)));
-            Some(Op {
+            let revision = match tokio::time::timeout(OP_TIMEOUT, put).await {
+                Ok(Ok(written)) => Some(written.revision),
+                _ => None,
+            };
+            let op = Op {
                 client: id,
                 kind: Kind::Write,
                 value: Some(value),
                 invoke,
-                complete: if done { since(start) } else { UNKNOWN },
-            })
+                complete: if revision.is_some() {
+                    since(start)
+                } else {
+                    UNKNOWN
+                },
+            };
+            Some(Record { key, op, revision })
         } else {
             let value = match tokio::time::timeout(OP_TIMEOUT, node.get(&path, false)).await {
                 Ok(Ok(value)) => Some(Some(String::from_utf8(value.bytes.to_vec()).unwrap())),
                 Ok(Err(error)) if error.is_not_found() => Some(None),
                 _ => None, // failed or abandoned: it tells nothing
             };
-            value.map(|value| Op {
-                client: id,
-                kind: Kind::Read,
-                value,
-                invoke,
-                complete: since(start),
+            value.map(|value| Record {
+                key,
+                op: Op {
+                    client: id,
+                    kind: Kind::Read,
+                    value,
+                    invoke,
+                    complete: since(start),
+                },
+                revision: None,
             })
         };
-        match op {
-            Some(op) => history.lock().unwrap().push((key, op)),
+        match record {
+            Some(record) => history.lock().unwrap().push(record),
             // A node that is down answers at once: do not spin on it.
             None => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+}
+
+/// What one node's watch of `lin/` delivered, across reconnections.
+#[derive(Default)]
+struct Watched {
+    /// Revision, key and value, in the order they arrived.
+    events: Vec<(u64, String, String)>,
+    /// Times the node could no longer go back to where the watcher left off
+    /// (its history starts at its restart): events were missed then.
+    compacted: u32,
+    reconnects: u32,
+}
+
+/// Watches `lin/` on one node from `from` on, resuming after the last event
+/// it got whenever the stream ends (the node restarted, say).
+async fn watcher(node: Client, from: u64, watched: Arc<Mutex<Watched>>) {
+    let mut next = Some(from);
+    loop {
+        let result = node
+            .watch("lin", next, |line| {
+                let event = (
+                    line["revision"].as_u64(),
+                    line["key"].as_str(),
+                    line["value"].as_str(),
+                );
+                if let (Some(revision), Some(key), Some(value)) = event {
+                    let event = (revision, key.to_string(), value.to_string());
+                    watched.lock().unwrap().events.push(event);
+                }
+                true
+            })
+            .await;
+        {
+            let mut watched = watched.lock().unwrap();
+            next = watched.events.last().map(|e| e.0 + 1).or(next);
+            if let Err(keel_node::client::ClientError::Api { status: 410, .. }) = result {
+                watched.compacted += 1;
+                next = None;
+            }
+            watched.reconnects += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks what the clients were told and what the watchers saw: unique
+/// revisions in real-time order, watches in revision order that agree with
+/// each other and with the writes, and complete where nothing was compacted.
+fn check_revisions_and_watches(history: &[Record], watched: &[Watched]) -> Result<(), String> {
+    let mut acked: Vec<(&Op, u64, usize)> = history
+        .iter()
+        .filter_map(|r| r.revision.map(|revision| (&r.op, revision, r.key)))
+        .collect();
+    acked.sort_by_key(|(_, revision, _)| *revision);
+    let mut latest_invoke: Option<&Op> = None;
+    for pair in acked.windows(2) {
+        if pair[0].1 == pair[1].1 {
+            return Err(format!("{} and {} got one revision", pair[0].0, pair[1].0));
+        }
+    }
+    for (op, revision, _) in &acked {
+        if let Some(earlier) = latest_invoke.filter(|e| op.complete < e.invoke) {
+            return Err(format!(
+                "{op} got revision {revision}, after {earlier}, which began after it completed"
+            ));
+        }
+        if latest_invoke.is_none_or(|e| op.invoke > e.invoke) {
+            latest_invoke = Some(op);
+        }
+    }
+    let written: std::collections::HashMap<&str, (Option<u64>, usize)> = history
+        .iter()
+        .filter(|r| r.op.kind == Kind::Write)
+        .map(|r| (r.op.value.as_deref().unwrap(), (r.revision, r.key)))
+        .collect();
+    let mut by_revision: std::collections::HashMap<u64, (&str, &str)> = Default::default();
+    let mut by_value: std::collections::HashMap<&str, u64> = Default::default();
+    for (node, watched) in watched.iter().enumerate() {
+        for pair in watched.events.windows(2) {
+            if pair[1].0 <= pair[0].0 {
+                return Err(format!(
+                    "node {}'s watch went from {:?} to {:?}",
+                    node + 1,
+                    pair[0],
+                    pair[1]
+                ));
+            }
+        }
+        for (revision, key, value) in &watched.events {
+            if key == END_KEY {
+                continue;
+            }
+            let Some(&(put_revision, put_key)) = written.get(value.as_str()) else {
+                return Err(format!(
+                    "node {}'s watch saw {value:?}, which no client wrote",
+                    node + 1
+                ));
+            };
+            let agrees =
+                *key == format!("lin/k{put_key}") && put_revision.is_none_or(|r| r == *revision);
+            let first = *by_revision.entry(*revision).or_insert((key, value));
+            let once = *by_value.entry(value).or_insert(*revision) == *revision;
+            if !agrees || first != (key.as_str(), value.as_str()) || !once {
+                return Err(format!(
+                    "node {}'s watch saw {value:?} at {key} revision {revision}; the write was told \
+                     revision {put_revision:?} of lin/k{put_key}; revision {revision} elsewhere: {first:?}",
+                    node + 1
+                ));
+            }
+        }
+        if watched.compacted == 0 {
+            let seen: std::collections::HashSet<&str> =
+                watched.events.iter().map(|e| e.2.as_str()).collect();
+            if let Some((op, revision, _)) = acked
+                .iter()
+                .find(|(op, _, _)| !seen.contains(op.value.as_deref().unwrap()))
+            {
+                return Err(format!(
+                    "node {}'s watch, never cut short, missed {op} (revision {revision})",
+                    node + 1
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -106,6 +254,16 @@ async fn reads_and_writes_stay_linearizable_through_partitions_pauses_and_crashe
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut cluster = Cluster::three().await;
     cluster.wait_ready(&[0, 1, 2], READY_TIMEOUT).await;
+
+    // A watcher on every node, from before the first write.
+    let from = cluster.members[0].client().status().await.unwrap().revision + 1;
+    let watched: Vec<Arc<Mutex<Watched>>> = (0..3).map(|_| Arc::default()).collect();
+    let watchers: Vec<_> = (0..3)
+        .map(|i| {
+            let node = cluster.members[i].client();
+            tokio::spawn(watcher(node, from, watched[i].clone()))
+        })
+        .collect();
 
     let history: History = Arc::default();
     let start = Instant::now();
@@ -161,13 +319,44 @@ async fn reads_and_writes_stay_linearizable_through_partitions_pauses_and_crashe
         done.len() >= Fault::ALL.len(),
         "every kind of fault happened: {done:?}"
     );
+    // The end mark, then every watcher up to it.
+    let writer = cluster.members[0].client();
+    harness::eventually("the end mark written", READY_TIMEOUT, || {
+        let writer = writer.clone();
+        async move { writer.put(END_KEY, "end", None).await.is_ok() }
+    })
+    .await;
+    harness::eventually("every watch at the end mark", READY_TIMEOUT, || {
+        let all = watched.iter().all(|w| {
+            let w = w.lock().unwrap();
+            w.events.iter().any(|(_, key, _)| key == END_KEY)
+        });
+        async move { all }
+    })
+    .await;
+    for watcher in watchers {
+        watcher.abort();
+    }
+    let watched: Vec<Watched> = watched
+        .into_iter()
+        .map(|w| std::mem::take(&mut *w.lock().unwrap()))
+        .collect();
+    for (node, w) in watched.iter().enumerate() {
+        println!(
+            "node {}'s watch: {} events, {} reconnections, {} cut short",
+            node + 1,
+            w.events.len(),
+            w.reconnects,
+            w.compacted
+        );
+    }
 
     let history = std::mem::take(&mut *history.lock().unwrap());
     for key in 0..KEYS {
         let ops: Vec<Op> = history
             .iter()
-            .filter(|(k, _)| *k == key)
-            .map(|(_, op)| op.clone())
+            .filter(|record| record.key == key)
+            .map(|record| record.op.clone())
             .collect();
         let count = |kind: Kind, known: bool| {
             ops.iter()
@@ -189,6 +378,9 @@ async fn reads_and_writes_stay_linearizable_through_partitions_pauses_and_crashe
         if let Err(violation) = linear::check(&ops) {
             panic!("lin/k{key} is not linearizable (seed {seed}): {violation}");
         }
+    }
+    if let Err(violation) = check_revisions_and_watches(&history, &watched) {
+        panic!("seed {seed}: {violation}");
     }
 }
 
@@ -288,4 +480,41 @@ fn the_checker_rejects_stale_lost_and_premature_reads() {
         linear::check(&held_apart).is_err(),
         "b held over 20..50, a read inside"
     );
+}
+
+#[test]
+fn the_revision_and_watch_checks_reject_what_they_should() {
+    let acked = |value: &str, invoke: u64, complete: u64, revision: u64| Record {
+        key: 0,
+        op: write(value, invoke, complete),
+        revision: Some(revision),
+    };
+    let event = |revision: u64, value: &str| (revision, "lin/k0".to_string(), value.to_string());
+    let watch = |events: Vec<(u64, String, String)>| Watched {
+        events,
+        ..Watched::default()
+    };
+    let history = [acked("a", 1, 2, 10), acked("b", 3, 4, 11)];
+    let good = || watch(vec![event(10, "a"), event(11, "b")]);
+    assert!(check_revisions_and_watches(&history, &[good(), good()]).is_ok());
+
+    let reordered = [acked("a", 1, 2, 11), acked("b", 3, 4, 10)];
+    assert!(
+        check_revisions_and_watches(&reordered, &[]).is_err(),
+        "b began after a completed"
+    );
+    let missed = watch(vec![event(11, "b")]);
+    assert!(check_revisions_and_watches(&history, &[good(), missed]).is_err());
+    let mut cut_short = watch(vec![event(11, "b")]);
+    cut_short.compacted = 1;
+    assert!(check_revisions_and_watches(&history, &[good(), cut_short]).is_ok());
+    let backwards = watch(vec![event(11, "b"), event(10, "a")]);
+    assert!(check_revisions_and_watches(&history, &[backwards]).is_err());
+    let elsewhere = watch(vec![event(10, "a"), event(12, "b")]);
+    assert!(
+        check_revisions_and_watches(&history, &[elsewhere]).is_err(),
+        "b was told 11"
+    );
+    let invented = watch(vec![event(10, "a"), event(11, "b"), event(12, "z")]);
+    assert!(check_revisions_and_watches(&history, &[invented]).is_err());
 }
