@@ -302,3 +302,17 @@ fn a_reader_that_stops_reading_ends_the_command_quietly() {
         assert_eq!(stderr(&output), "", "{args:?}");
     }
 }
+
+#[test]
+fn a_file_error_names_its_cause_once() {
+    let (dir, store) = initialised_store();
+    let missing = dir.path().join("missing.tar");
+    let output = keel(&["restore", "--data-dir", &store, missing.to_str().unwrap()]);
+    assert_eq!(code(&output), 1);
+    let text = stderr(&output);
+    assert_eq!(
+        text.matches("No such file or directory").count(),
+        1,
+        "the cause once, not again from the error's source: {text}"
+    );
+}

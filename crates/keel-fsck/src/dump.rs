@@ -147,7 +147,7 @@ pub fn dump(
     if let (false, Some(first)) = (ignore_failed_read, skipped.first()) {
         return Err(FsckError::UnreadableValue {
             key: first.path.clone(),
-            source: keel_store::StoreError::Damaged {
+            cause: keel_store::StoreError::Damaged {
                 path: store.dir().to_path_buf(),
                 data_dir: store.dir().to_path_buf(),
                 reason: first.reason.clone(),
@@ -246,7 +246,7 @@ fn write_archive(
         let mut reader = ValueReader::new(store.objects(), &value).map_err(|source| {
             FsckError::UnreadableValue {
                 key: key.clone(),
-                source,
+                cause: source,
             }
         })?;
         builder
@@ -258,14 +258,14 @@ fn write_archive(
             .map_err(|e| match reader.failure.take() {
                 Some(source) => FsckError::UnreadableValue {
                     key: key.clone(),
-                    source,
+                    cause: source,
                 },
                 None => io(e),
             })?;
         if reader.count != size {
             return Err(FsckError::UnreadableValue {
                 key,
-                source: keel_store::StoreError::Damaged {
+                cause: keel_store::StoreError::Damaged {
                     path: store.dir().to_path_buf(),
                     data_dir: store.dir().to_path_buf(),
                     reason: format!(

@@ -43,21 +43,17 @@ pub enum FsckError {
     BadArchive { path: PathBuf, reason: String },
 
     /// A file outside the store (an archive, a report) failed.
-    #[error("{what} {path}: {source}")]
+    /// (As in `StoreError::Io`, the cause is in the message only.)
+    #[error("{what} {path}: {cause}")]
     Io {
         what: &'static str,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// A value could not be read while dumping.
-    #[error("cannot read {key} for the dump: {source}; dump what is readable with `--ignore-failed-read`, or repair first with `keel fsck --repair`")]
-    UnreadableValue {
-        key: String,
-        #[source]
-        source: StoreError,
-    },
+    #[error("cannot read {key} for the dump: {cause}; dump what is readable with `--ignore-failed-read`, or repair first with `keel fsck --repair`")]
+    UnreadableValue { key: String, cause: StoreError },
 
     /// The start-up check found damage it may not repair by itself.
     #[error("{message}")]
@@ -73,7 +69,7 @@ impl FsckError {
         FsckError::Io {
             what,
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 

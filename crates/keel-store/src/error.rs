@@ -21,12 +21,13 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// An operating-system call on a file of the store failed.
-    #[error("{what} {path}: {source}")]
+    /// The cause is in the message, not also a `source()`: the CLI prints
+    /// an error with its chain of sources, and would say it twice.
+    #[error("{what} {path}: {cause}")]
     Io {
         what: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 
     /// The file system is full. Nothing was half-written: the operation that
@@ -144,7 +145,11 @@ impl StoreError {
         {
             return StoreError::DiskFull { what, path };
         }
-        StoreError::Io { what, path, source }
+        StoreError::Io {
+            what,
+            path,
+            cause: source,
+        }
     }
 
     /// True for rejections that depend only on the input and the tree, and so
