@@ -322,3 +322,37 @@ async fn startup_damage_is_reported_until_healed_and_kept_in_the_events() {
     );
     stop(node, server).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_client_api_error_is_json() {
+    let base = tempfile::tempdir().unwrap();
+    let dir = base.path().join("n1");
+    admin::init_cluster(&dir).unwrap();
+    let (node, server, client) = start_ready(&dir).await;
+    let http = reqwest::Client::new();
+    let url = |path: &str| format!("{}{path}", client.endpoint());
+    let too_big = vec![0u8; keel_node::server::REQUEST_BODY_BYTES_MAX + 1];
+    let cases = [
+        (http.put(url("/v1/kv/a/%FF")).body("x"), 400, "bad_request"),
+        (http.put(url("/v1/kv/a//b")).body("x"), 400, "bad_request"),
+        (http.put(url("/v1/kv/big")).body(too_big), 413, "too_large"),
+        (
+            http.post(url("/v1/kv/a")).body("x"),
+            405,
+            "method_not_allowed",
+        ),
+        (http.get(url("/v1/nothing/here")), 404, "not_found"),
+    ];
+    for (request, status, code) in cases {
+        let response = request.send().await.unwrap();
+        let what = format!("{} {}", response.url(), response.status());
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        let body: keel_node::api::ErrorBody = response
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: not the JSON error shape: {e}"));
+        assert_eq!(body.error.code, code, "{what}: {}", body.error.message);
+        assert!(!body.error.message.is_empty(), "{what}");
+    }
+    stop(node, server).await;
+}

@@ -51,6 +51,8 @@ pub fn router(node: Node) -> Router {
             "/v1/groups/{group}",
             get(primary::get_group).put(primary::set_group),
         )
+        .fallback(unknown_endpoint)
+        .layer(axum::middleware::map_response(json_errors))
         .route(crate::primary::PATH_HEARTBEAT, post(internal::heartbeat))
         .route("/internal/debug/isolate", post(internal::isolate))
         .route("/internal/debug/disk-limit", post(internal::disk_limit))
@@ -65,6 +67,56 @@ pub fn router(node: Node) -> Router {
         .route(crate::proposer::PATH_READ_INDEX, post(internal::read_index))
         .layer(DefaultBodyLimit::max(REQUEST_BODY_BYTES_MAX))
         .with_state(node)
+}
+
+/// A path no endpoint serves.
+async fn unknown_endpoint(uri: axum::http::Uri) -> ApiError {
+    let message = format!("no endpoint at {} (see docs/API.md)", uri.path());
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+}
+
+/// axum answers some bad requests itself, in plain text: a key that is not
+/// UTF-8, a body over the limit, a wrong method. The client API answers
+/// every error in its JSON shape (docs/API.md), so those are rewritten.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let error = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            status,
+            "too_large",
+            format!(
+                "the request body is over {} MiB, the most a value or a request may hold",
+                REQUEST_BODY_BYTES_MAX >> 20
+            ),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
+            status,
+            "method_not_allowed",
+            "this endpoint does not take that method (see docs/API.md)",
+        ),
+        s if s.is_client_error() => ApiError::new(status, "bad_request", text),
+        _ => ApiError::new(status, "internal", text),
+    };
+    let mut rewritten = error.into_response();
+    // Keep what else the answer said (`Allow` on a 405, say).
+    for (name, value) in &parts.headers {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            rewritten.headers_mut().insert(name, value.clone());
+        }
+    }
+    rewritten
 }
 
 /// Serves `node` on its configured address until the node shuts down.
