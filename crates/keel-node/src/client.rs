@@ -128,6 +128,20 @@ impl Client {
         &self.endpoint
     }
 
+    fn unreachable(&self, error: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            reason: http_failure(error),
+        }
+    }
+
+    fn undecodable(&self, error: reqwest::Error) -> ClientError {
+        ClientError::Unreachable {
+            endpoint: self.endpoint.clone(),
+            reason: format!("undecodable answer: {}", http_failure(error)),
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.endpoint)
     }
@@ -144,10 +158,7 @@ impl Client {
         &self,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ClientError> {
-        let response = request.send().await.map_err(|e| ClientError::Unreachable {
-            endpoint: self.endpoint.clone(),
-            reason: http_failure(e),
-        })?;
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -178,10 +189,7 @@ impl Client {
         request: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
         let response = self.send(request).await?;
-        response.json().await.map_err(|e| ClientError::Unreachable {
-            endpoint: self.endpoint.clone(),
-            reason: format!("undecodable answer: {}", http_failure(e)),
-        })
+        response.json().await.map_err(|e| self.undecodable(e))
     }
 
     /// Reads a value (linearizable unless `stale`).
@@ -200,13 +208,7 @@ impl Client {
                 .unwrap_or(0)
         };
         let (revision, store_revision) = (header("keel-mod-revision"), header("keel-revision"));
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Unreachable {
-                endpoint: self.endpoint.clone(),
-                reason: http_failure(e),
-            })?;
+        let bytes = response.bytes().await.map_err(|e| self.unreachable(e))?;
         Ok(Value {
             bytes,
             revision,
@@ -299,10 +301,7 @@ impl Client {
             .timeout(REQUEST_TIMEOUT)
             .send()
             .await
-            .map_err(|e| ClientError::Unreachable {
-                endpoint: self.endpoint.clone(),
-                reason: http_failure(e),
-            })?;
+            .map_err(|e| self.unreachable(e))?;
         Ok(response.status() == StatusCode::OK)
     }
 
@@ -349,10 +348,7 @@ impl Client {
         let mut pending = Vec::new();
         let mut stream = response.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| ClientError::Unreachable {
-                endpoint: self.endpoint.clone(),
-                reason: http_failure(e),
-            })?;
+            let chunk = chunk.map_err(|e| self.unreachable(e))?;
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
@@ -402,10 +398,7 @@ impl Client {
             .get(self.url(&format!("/v1/primary/{}/self", path_escape(group))))
             .timeout(timeout);
         let response = self.send_streaming(request).await?;
-        response.json().await.map_err(|e| ClientError::Unreachable {
-            endpoint: self.endpoint.clone(),
-            reason: format!("undecodable answer: {}", http_failure(e)),
-        })
+        response.json().await.map_err(|e| self.undecodable(e))
     }
 
     /// Streams a line per change of the group's primary.
