@@ -1,9 +1,11 @@
-//! Linearizability under faults: clients write and read a few keys through
-//! every node while the leader is cut off from its peers, paused (SIGSTOP),
-//! a node or all of them are killed (SIGKILL), and the history they record is checked against a
-//! register's meaning in real time (`harness::linear`). A stale read from a
-//! deposed leader, a lost acknowledged write or a write seen before it was
-//! made fails the test. Bounded in time; the seed is printed.
+//! Linearizability under faults, on three nodes and on five: clients write
+//! and read a few keys through every node while the leader is cut off from
+//! its peers or paused (SIGSTOP), and a minority of the nodes or all of them
+//! are killed (SIGKILL); the history they record is checked against a
+//! register's meaning in real time (`harness::linear`), and revisions and
+//! watches against the writes. A stale read from a deposed leader, a lost
+//! acknowledged write or a write seen before it was made fails the test.
+//! Bounded in time; the seed is printed.
 
 mod harness;
 
@@ -232,8 +234,9 @@ enum Fault {
     IsolateLeader,
     /// The leader stops (a stalled VM) and resumes, still believing it leads.
     PauseLeader,
-    /// A random node crashes and restarts.
-    KillNode,
+    /// As many random nodes as may fail (one of three, two of five) crash
+    /// and restart.
+    KillMinority,
     /// Every node crashes at once (a power loss) and all restart together.
     KillAll,
 }
@@ -242,23 +245,36 @@ impl Fault {
     const ALL: [Fault; 4] = [
         Fault::IsolateLeader,
         Fault::PauseLeader,
-        Fault::KillNode,
+        Fault::KillMinority,
         Fault::KillAll,
     ];
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn reads_and_writes_stay_linearizable_through_partitions_pauses_and_crashes() {
+async fn three_nodes_stay_linearizable_through_partitions_pauses_and_crashes() {
+    linearizable_under_faults(3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_stay_linearizable_through_partitions_pauses_and_crashes() {
+    linearizable_under_faults(5).await;
+}
+
+async fn linearizable_under_faults(nodes: usize) {
     let _serial = serial().await;
-    let seed = harness::seed("linearizability");
+    let seed = harness::seed(&format!("linearizability of {nodes} nodes"));
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut cluster = Cluster::three().await;
-    cluster.wait_ready(&[0, 1, 2], READY_TIMEOUT).await;
+    while cluster.members.len() < nodes {
+        cluster.add_member().await;
+    }
+    let all: Vec<usize> = (0..nodes).collect();
+    cluster.wait_ready(&all, READY_TIMEOUT).await;
 
     // A watcher on every node, from before the first write.
     let from = cluster.members[0].client().status().await.unwrap().revision + 1;
-    let watched: Vec<Arc<Mutex<Watched>>> = (0..3).map(|_| Arc::default()).collect();
-    let watchers: Vec<_> = (0..3)
+    let watched: Vec<Arc<Mutex<Watched>>> = (0..nodes).map(|_| Arc::default()).collect();
+    let watchers: Vec<_> = (0..nodes)
         .map(|i| {
             let node = cluster.members[i].client();
             tokio::spawn(watcher(node, from, watched[i].clone()))
@@ -269,7 +285,7 @@ async fn reads_and_writes_stay_linearizable_through_partitions_pauses_and_crashe
     let start = Instant::now();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| {
-            let node = cluster.members[id % 3].client();
+            let node = cluster.members[id % nodes].client();
             let seed = seed.wrapping_add(id as u64 + 1);
             tokio::spawn(client(id, node, seed, start, history.clone()))
         })
@@ -283,31 +299,36 @@ async fn reads_and_writes_stay_linearizable_through_partitions_pauses_and_crashe
     while start.elapsed() < FAULTS_UNTIL {
         let fault = (faults.get(done.len()).copied())
             .unwrap_or_else(|| *Fault::ALL.choose(&mut rng).unwrap());
-        let victim = match fault {
-            Fault::KillNode | Fault::KillAll => rng.gen_range(0..3),
-            _ => cluster.leader().await.unwrap_or(rng.gen_range(0..3)),
+        let victims: Vec<usize> = match fault {
+            Fault::IsolateLeader | Fault::PauseLeader => {
+                vec![(cluster.leader().await).unwrap_or(rng.gen_range(0..nodes))]
+            }
+            Fault::KillMinority => all
+                .choose_multiple(&mut rng, (nodes - 1) / 2)
+                .copied()
+                .collect(),
+            Fault::KillAll => all.clone(),
         };
         let lasts = Duration::from_millis(rng.gen_range(1_500..3_000));
-        let whom = match fault {
-            Fault::KillAll => "every node".to_string(),
-            _ => format!("node {}", victim + 1),
-        };
+        let whom: Vec<usize> = victims.iter().map(|v| v + 1).collect();
         let at = start.elapsed().as_millis();
-        println!("{at:>6} ms: {fault:?}, {whom}, for {lasts:?}");
-        let member = &mut cluster.members[victim];
-        match fault {
-            Fault::IsolateLeader => member.client().isolate(true).await.unwrap(),
-            Fault::PauseLeader => member.pause(),
-            Fault::KillNode => member.kill(),
-            Fault::KillAll => cluster.members.iter_mut().for_each(|m| m.kill()),
+        println!("{at:>6} ms: {fault:?}, nodes {whom:?}, for {lasts:?}");
+        for &victim in &victims {
+            let member = &mut cluster.members[victim];
+            match fault {
+                Fault::IsolateLeader => member.client().isolate(true).await.unwrap(),
+                Fault::PauseLeader => member.pause(),
+                Fault::KillMinority | Fault::KillAll => member.kill(),
+            }
         }
         tokio::time::sleep(lasts).await;
-        let member = &mut cluster.members[victim];
-        match fault {
-            Fault::IsolateLeader => member.client().isolate(false).await.unwrap(),
-            Fault::PauseLeader => member.resume(),
-            Fault::KillNode => member.start(),
-            Fault::KillAll => cluster.members.iter_mut().for_each(|m| m.start()),
+        for &victim in &victims {
+            let member = &mut cluster.members[victim];
+            match fault {
+                Fault::IsolateLeader => member.client().isolate(false).await.unwrap(),
+                Fault::PauseLeader => member.resume(),
+                Fault::KillMinority | Fault::KillAll => member.start(),
+            }
         }
         done.push(fault);
         tokio::time::sleep(Duration::from_millis(rng.gen_range(1_000..1_500))).await;
