@@ -91,7 +91,10 @@ async fn json_errors(response: Response) -> Response {
     let text = axum::body::to_bytes(body, 64 * 1024)
         .await
         .unwrap_or_default();
-    let text = String::from_utf8_lossy(&text).trim().to_string();
+    let text = match String::from_utf8_lossy(&text).trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_string(),
+        text => text.to_string(),
+    };
     let error = match status {
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
             status,
