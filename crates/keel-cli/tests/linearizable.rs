@@ -2,8 +2,8 @@
 //! and read a few keys through every node while the leader is cut off from
 //! its peers or paused (SIGSTOP), and a minority of the nodes or all of them
 //! are killed (SIGKILL); the history they record is checked against a
-//! register's meaning in real time (`harness::linear`), and revisions and
-//! watches against the writes. A stale read from a deposed leader, a lost
+//! register's meaning in real time (`harness::linear`), and revisions,
+//! watches and compare-and-sets against the writes. A stale read from a deposed leader, a lost
 //! acknowledged write or a write seen before it was made fails the test.
 //! Bounded in time; the seed is printed.
 
@@ -33,14 +33,17 @@ const OP_TIMEOUT: Duration = Duration::from_secs(3);
 /// everything before it.
 const END_KEY: &str = "lin/end";
 
-/// What the clients did: each op with its key, and the revision an
-/// acknowledged write was given.
+/// What the clients did.
 type History = Arc<Mutex<Vec<Record>>>;
 
 struct Record {
     key: usize,
     op: Op,
+    /// A write: the revision it was given (if acknowledged). A read: the
+    /// revision of the value it got.
     revision: Option<u64>,
+    /// A compare-and-set: the revision the key had to be at.
+    expected: Option<u64>,
 }
 
 fn since(start: Instant) -> u64 {
@@ -48,23 +51,32 @@ fn since(start: Instant) -> u64 {
     start.elapsed().as_nanos() as u64 + 1
 }
 
-/// One client: random writes of unique values and linearizable reads of
-/// random keys through one node, until the run ends.
+/// One client: random writes of unique values (some of them
+/// compare-and-set on the revision the client last saw of the key) and
+/// linearizable reads of random keys through one node, until the run ends.
 async fn client(id: usize, node: Client, seed: u64, start: Instant, history: History) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut writes = 0u64;
+    let mut seen: [Option<u64>; KEYS] = [None; KEYS];
     while start.elapsed() < RUN {
         let key = rng.gen_range(0..KEYS);
         let path = format!("lin/k{key}");
         let invoke = since(start);
-        let record = if rng.gen_bool(0.5) {
+        let roll = rng.gen_range(0..10);
+        let record = if roll < 5 {
             writes += 1;
             let value = format!("c{id}-w{writes}");
-            let put = node.put(&path, value.clone(), None);
+            let expected = if roll < 2 { seen[key] } else { None };
+            let put = node.put(&path, value.clone(), expected);
             let revision = match tokio::time::timeout(OP_TIMEOUT, put).await {
                 Ok(Ok(written)) => Some(written.revision),
+                // The compare did not hold: nothing was written.
+                Ok(Err(keel_node::client::ClientError::Api { status: 412, .. })) => continue,
                 _ => None,
             };
+            if revision.is_some() {
+                seen[key] = revision;
+            }
             let op = Op {
                 client: id,
                 kind: Kind::Write,
@@ -76,14 +88,23 @@ async fn client(id: usize, node: Client, seed: u64, start: Instant, history: His
                     UNKNOWN
                 },
             };
-            Some(Record { key, op, revision })
+            Some(Record {
+                key,
+                op,
+                revision,
+                expected,
+            })
         } else {
-            let value = match tokio::time::timeout(OP_TIMEOUT, node.get(&path, false)).await {
-                Ok(Ok(value)) => Some(Some(String::from_utf8(value.bytes.to_vec()).unwrap())),
-                Ok(Err(error)) if error.is_not_found() => Some(None),
+            let read = match tokio::time::timeout(OP_TIMEOUT, node.get(&path, false)).await {
+                Ok(Ok(value)) => {
+                    seen[key] = Some(value.revision);
+                    let text = String::from_utf8(value.bytes.to_vec()).unwrap();
+                    Some((Some(text), Some(value.revision)))
+                }
+                Ok(Err(error)) if error.is_not_found() => Some((None, None)),
                 _ => None, // failed or abandoned: it tells nothing
             };
-            value.map(|value| Record {
+            read.map(|(value, revision)| Record {
                 key,
                 op: Op {
                     client: id,
@@ -92,7 +113,8 @@ async fn client(id: usize, node: Client, seed: u64, start: Instant, history: His
                     invoke,
                     complete: since(start),
                 },
-                revision: None,
+                revision,
+                expected: None,
             })
         };
         match record {
@@ -150,8 +172,8 @@ async fn watcher(node: Client, from: u64, watched: Arc<Mutex<Watched>>) {
 /// revisions in real-time order, watches in revision order that agree with
 /// each other and with the writes, and complete where nothing was compacted.
 fn check_revisions_and_watches(history: &[Record], watched: &[Watched]) -> Result<(), String> {
-    let mut acked: Vec<(&Op, u64, usize)> = history
-        .iter()
+    let writes = history.iter().filter(|r| r.op.kind == Kind::Write);
+    let mut acked: Vec<(&Op, u64, usize)> = writes
         .filter_map(|r| r.revision.map(|revision| (&r.op, revision, r.key)))
         .collect();
     acked.sort_by_key(|(_, revision, _)| *revision);
@@ -212,6 +234,7 @@ fn check_revisions_and_watches(history: &[Record], watched: &[Watched]) -> Resul
             }
         }
         if watched.compacted == 0 {
+            check_compare_and_set(history, watched)?;
             let seen: std::collections::HashSet<&str> =
                 watched.events.iter().map(|e| e.2.as_str()).collect();
             if let Some((op, revision, _)) = acked
@@ -223,6 +246,46 @@ fn check_revisions_and_watches(history: &[Record], watched: &[Watched]) -> Resul
                     node + 1
                 ));
             }
+        }
+    }
+    // A read's revision is that of the write of the value it got.
+    for read in history.iter().filter(|r| r.op.kind == Kind::Read) {
+        let (Some(value), Some(revision)) = (read.op.value.as_deref(), read.revision) else {
+            continue;
+        };
+        if by_value.get(value).is_some_and(|r| r != &revision) {
+            return Err(format!(
+                "{} was told revision {revision}; that value was written at {:?}",
+                read.op,
+                by_value.get(value)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every acknowledged compare-and-set followed, on its key, exactly the
+/// write it expected, in the order of a complete watch.
+fn check_compare_and_set(history: &[Record], watched: &Watched) -> Result<(), String> {
+    let mut previous: std::collections::HashMap<u64, Option<u64>> = Default::default();
+    for key in 0..KEYS {
+        let path = format!("lin/k{key}");
+        let mut last = None;
+        for (revision, _, _) in watched.events.iter().filter(|e| e.1 == path) {
+            previous.insert(*revision, last);
+            last = Some(*revision);
+        }
+    }
+    for record in history {
+        let (Some(expected), Some(revision)) = (record.expected, record.revision) else {
+            continue;
+        };
+        let before = previous.get(&revision).copied().flatten();
+        if before != Some(expected) {
+            return Err(format!(
+                "{} at revision {revision} required lin/k{} at revision {expected}, but followed {before:?}",
+                record.op, record.key
+            ));
         }
     }
     Ok(())
@@ -389,8 +452,12 @@ async fn linearizable_under_faults(nodes: usize) {
             count(Kind::Write, false),
             count(Kind::Read, true),
         );
+        let swaps = history
+            .iter()
+            .filter(|r| r.key == key && r.expected.is_some() && r.revision.is_some())
+            .count();
         println!(
-            "key lin/k{key}: {writes} writes acknowledged, {unknown} with unknown outcome, {reads} linearizable reads"
+            "key lin/k{key}: {writes} writes acknowledged ({swaps} compare-and-set), {unknown} with unknown outcome, {reads} linearizable reads"
         );
         assert!(
             writes >= 20 && reads >= 20,
@@ -509,6 +576,7 @@ fn the_revision_and_watch_checks_reject_what_they_should() {
         key: 0,
         op: write(value, invoke, complete),
         revision: Some(revision),
+        expected: None,
     };
     let event = |revision: u64, value: &str| (revision, "lin/k0".to_string(), value.to_string());
     let watch = |events: Vec<(u64, String, String)>| Watched {
@@ -538,4 +606,24 @@ fn the_revision_and_watch_checks_reject_what_they_should() {
     );
     let invented = watch(vec![event(10, "a"), event(11, "b"), event(12, "z")]);
     assert!(check_revisions_and_watches(&history, &[invented]).is_err());
+
+    // A compare-and-set must follow the write it expected.
+    let mut cas = acked("c", 5, 6, 12);
+    cas.expected = Some(11);
+    let with_cas = |cas| [acked("a", 1, 2, 10), acked("b", 3, 4, 11), cas];
+    let three = || watch(vec![event(10, "a"), event(11, "b"), event(12, "c")]);
+    assert!(check_revisions_and_watches(&with_cas(cas), &[three()]).is_ok());
+    let mut lost_update = acked("c", 5, 6, 12);
+    lost_update.expected = Some(10);
+    assert!(check_revisions_and_watches(&with_cas(lost_update), &[three()]).is_err());
+    // A read's revision is its value's.
+    let read_at = |revision| Record {
+        key: 0,
+        op: read(Some("a"), 5, 6),
+        revision: Some(revision),
+        expected: None,
+    };
+    let reads = |r| [acked("a", 1, 2, 10), acked("b", 3, 4, 11), read_at(r)];
+    assert!(check_revisions_and_watches(&reads(10), &[good()]).is_ok());
+    assert!(check_revisions_and_watches(&reads(11), &[good()]).is_err());
 }
