@@ -13,6 +13,9 @@ struct Member {
     dir: PathBuf,
     url: String,
     node: Node,
+    /// The HTTP server's task (ended by [`stop`], so that a restart in this
+    /// process can take the data directory again).
+    server: tokio::task::JoinHandle<()>,
 }
 
 fn config(dir: &std::path::Path, listen: std::net::SocketAddr) -> NodeConfig {
@@ -36,11 +39,15 @@ fn config(dir: &std::path::Path, listen: std::net::SocketAddr) -> NodeConfig {
 async fn start(dir: PathBuf, listener: tokio::net::TcpListener) -> Member {
     let listen = listener.local_addr().unwrap();
     let node = Node::start(config(&dir, listen)).await.unwrap();
-    tokio::spawn(keel_node::server::serve_on(node.clone(), listener));
+    let serving = node.clone();
+    let server = tokio::spawn(async move {
+        let _ = keel_node::server::serve_on(serving, listener).await;
+    });
     Member {
         dir,
         url: format!("http://{listen}"),
         node,
+        server,
     }
 }
 
@@ -231,50 +238,48 @@ fn startup_check(node: &Node) -> keel_node::health::diag::Check {
     check.cloned().expect("a startup check")
 }
 
-/// Starts a node on `dir`, waits until it is ready, and returns it with its
-/// server's task (so that a restart in this process can release the data
-/// directory).
-async fn start_ready(dir: &std::path::Path) -> (Node, tokio::task::JoinHandle<()>, Client) {
+/// Starts a node on `dir` and waits until it is ready.
+async fn start_ready(dir: &std::path::Path) -> (Member, Client) {
     let (listener, url) = bind().await;
-    let node = Node::start(config(dir, listener.local_addr().unwrap()))
-        .await
-        .unwrap();
-    let serving = node.clone();
-    let server = tokio::spawn(async move {
-        let _ = keel_node::server::serve_on(serving, listener).await;
-    });
+    let member = start(dir.to_path_buf(), listener).await;
     eventually("the node ready", Duration::from_secs(20), || {
         let client = Client::new(&url);
         async move { client.ready().await.unwrap_or(false) }
     })
     .await;
-    (node, server, Client::new(&url))
+    (member, Client::new(&url))
 }
 
-async fn stop(node: Node, server: tokio::task::JoinHandle<()>) {
-    node.shutdown().await.unwrap();
-    server.abort();
-    let _ = server.await;
+/// Founds a one-node cluster in `base` and starts it.
+async fn single_node(base: &std::path::Path) -> (Member, Client) {
+    let dir = base.join("n1");
+    admin::init_cluster(&dir).unwrap();
+    start_ready(&dir).await
+}
+
+async fn stop(member: Member) {
+    member.node.shutdown().await.unwrap();
+    member.server.abort();
+    let _ = member.server.await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_damage_is_reported_until_healed_and_kept_in_the_events() {
     use keel_node::health::diag::Verdict;
     let base = tempfile::tempdir().unwrap();
-    let dir = base.path().join("n1");
-    admin::init_cluster(&dir).unwrap();
-    let (node, server, client) = start_ready(&dir).await;
+    let (member, client) = single_node(base.path()).await;
+    let dir = member.dir.clone();
     for i in 0..100u32 {
         let key = format!("k{i}");
         client.put(&key, format!("v{i}"), None).await.unwrap();
     }
-    let clean = startup_check(&node);
+    let clean = startup_check(&member.node);
     assert_eq!(clean.verdict, Verdict::Ok);
     assert!(
         clean.summary.contains("nothing to cut or repair"),
         "{clean:?}"
     );
-    stop(node, server).await;
+    stop(member).await;
 
     // Damage in the middle of the store's newest pack segment: start-up
     // cuts it and what follows (kept aside), and the Raft log replays the
@@ -295,12 +300,12 @@ async fn startup_damage_is_reported_until_healed_and_kept_in_the_events() {
             .unwrap();
         file.write_all_at(&[0xA5; 64], len / 2).unwrap();
     }
-    let (node, server, client) = start_ready(&dir).await;
+    let (member, client) = start_ready(&dir).await;
     for i in 0..100u32 {
         let value = client.get(&format!("k{i}"), false).await.unwrap();
         assert_eq!(value.bytes, format!("v{i}").as_bytes());
     }
-    let healed = startup_check(&node);
+    let healed = startup_check(&member.node);
     println!("startup check after the damage: {}", healed.summary);
     assert_eq!(healed.verdict, Verdict::Ok, "{healed:?}");
     let (found, rest) = healed.summary.split_once("; ").unwrap();
@@ -313,22 +318,20 @@ async fn startup_damage_is_reported_until_healed_and_kept_in_the_events() {
         !healed.evidence["store"]["quarantined"].is_null(),
         "{healed:?}"
     );
-    let events = node.diagnostics().escalation.events;
+    let events = member.node.diagnostics().escalation.events;
     assert!(
         events
             .iter()
             .any(|e| e.step == "startup" && e.message == found),
         "the finding is kept among the events: {events:?}"
     );
-    stop(node, server).await;
+    stop(member).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_client_api_error_is_json() {
     let base = tempfile::tempdir().unwrap();
-    let dir = base.path().join("n1");
-    admin::init_cluster(&dir).unwrap();
-    let (node, server, client) = start_ready(&dir).await;
+    let (member, client) = single_node(base.path()).await;
     let http = reqwest::Client::new();
     let url = |path: &str| format!("{}{path}", client.endpoint());
     let too_big = vec![0u8; keel_node::server::REQUEST_BODY_BYTES_MAX + 1];
@@ -354,5 +357,5 @@ async fn every_client_api_error_is_json() {
         assert_eq!(body.error.code, code, "{what}: {}", body.error.message);
         assert!(!body.error.message.is_empty(), "{what}");
     }
-    stop(node, server).await;
+    stop(member).await;
 }
