@@ -87,6 +87,12 @@ pub struct ClusterDiagnostics {
     pub members: Vec<MemberDiagnostics>,
 }
 
+/// Damaged ranges start-up found in the store's pack, whose blobs are gone
+/// until repaired from a peer.
+fn damaged_ranges(store: &keel_store::RecoveryReport) -> usize {
+    store.padded_gaps + store.decayed_ranges + store.sealed_damage
+}
+
 /// What opening the store and the Raft log cut or repaired, in words;
 /// `None` when both opened with nothing to fix.
 pub fn startup_findings(
@@ -108,7 +114,7 @@ pub fn startup_findings(
             ),
         });
     }
-    let ranges = store.padded_gaps + store.decayed_ranges + store.sealed_damage;
+    let ranges = damaged_ranges(store);
     if ranges > 0 {
         found.push(format!(
             "found {ranges} damaged range(s) in the store's pack"
@@ -204,8 +210,7 @@ impl Node {
         };
         let status = self.status();
         let scrub = self.scrubber().status();
-        let blobs_missing = store.padded_gaps + store.decayed_ranges + store.sealed_damage > 0
-            || !store.checkpoints_missing_root.is_empty();
+        let blobs_missing = damaged_ranges(store) > 0 || !store.checkpoints_missing_root.is_empty();
         let waiting = if !status.ready {
             Some(format!(
                 "not ready yet: {}",
