@@ -12,6 +12,7 @@
 //! starts failing, once a minute while it lasts, and when it answers again.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,9 @@ pub struct Network {
     contacts: Contacts,
     faults: Faults,
     troubles: Arc<Mutex<Troubles>>,
+    /// How many peers `troubles` holds, read without its lock: every
+    /// answered call checks it, and it is almost always zero.
+    troubled: Arc<AtomicUsize>,
 }
 
 impl Network {
@@ -66,6 +70,7 @@ impl Network {
             contacts,
             faults,
             troubles: Arc::default(),
+            troubled: Arc::default(),
         }
     }
 }
@@ -124,7 +129,12 @@ impl Troubles {
 
 impl Network {
     fn log_failure(&self, peer: NodeId, reason: &str) {
-        let report = self.troubles.lock().failed(peer, Instant::now());
+        let report = {
+            let mut troubles = self.troubles.lock();
+            let report = troubles.failed(peer, Instant::now());
+            self.troubled.store(troubles.peers.len(), Ordering::Relaxed);
+            report
+        };
         match report {
             Some(Report::Began) => {
                 tracing::warn!(peer, "Raft calls to node {peer} fail: {reason}; retrying")
@@ -139,7 +149,15 @@ impl Network {
     }
 
     fn log_answer(&self, peer: NodeId) {
-        let report = self.troubles.lock().answered(peer, Instant::now());
+        if self.troubled.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let report = {
+            let mut troubles = self.troubles.lock();
+            let report = troubles.answered(peer, Instant::now());
+            self.troubled.store(troubles.peers.len(), Ordering::Relaxed);
+            report
+        };
         if let Some(Report::Ended { after, failures }) = report {
             tracing::info!(
                 peer,
