@@ -80,11 +80,14 @@ async fn unknown_endpoint(uri: axum::http::Uri) -> ApiError {
 /// every error in its JSON shape (docs/API.md), so those are rewritten.
 async fn json_errors(response: Response) -> Response {
     let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response; // every answer passes here: look no further
+    }
     let json = response
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if json || !(status.is_client_error() || status.is_server_error()) {
+    if json {
         return response;
     }
     let (parts, body) = response.into_parts();
