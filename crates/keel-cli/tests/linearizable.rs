@@ -494,80 +494,88 @@ fn read(value: Option<&str>, invoke: u64, complete: u64) -> Op {
 
 #[test]
 fn the_checker_accepts_sequential_and_concurrent_histories() {
-    let sequential = [
-        read(None, 1, 2),
-        write("a", 3, 4),
-        read(Some("a"), 5, 6),
-        write("b", 7, 8),
-        read(Some("b"), 9, 10),
+    let good: [(&str, Vec<Op>); 3] = [
+        (
+            "one op after another",
+            vec![
+                read(None, 1, 2),
+                write("a", 3, 4),
+                read(Some("a"), 5, 6),
+                write("b", 7, 8),
+                read(Some("b"), 9, 10),
+            ],
+        ),
+        (
+            // A read concurrent with two writes may see either, and a later
+            // read the other, if the writes overlap.
+            "overlapping writes",
+            vec![
+                write("a", 10, 40),
+                write("b", 20, 50),
+                read(Some("b"), 25, 30),
+                read(Some("a"), 45, 60),
+            ],
+        ),
+        (
+            "a write with an unknown outcome lands late, another never",
+            vec![
+                write("a", 1, 2),
+                write("b", 3, UNKNOWN),
+                read(Some("a"), 4, 5),
+                read(Some("b"), 20, 21),
+                write("c", 30, UNKNOWN),
+                read(Some("b"), 40, 41),
+            ],
+        ),
     ];
-    assert!(linear::check(&sequential).is_ok());
-    // A read concurrent with two writes may see either, and a later read
-    // the other, if the writes overlap.
-    let concurrent = [
-        write("a", 10, 40),
-        write("b", 20, 50),
-        read(Some("b"), 25, 30),
-        read(Some("a"), 45, 60),
-    ];
-    assert!(
-        linear::check(&concurrent).is_ok(),
-        "{:?}",
-        linear::check(&concurrent)
-    );
-    // A write with an unknown outcome may land late, or never.
-    let unknown = [
-        write("a", 1, 2),
-        write("b", 3, UNKNOWN),
-        read(Some("a"), 4, 5),
-        read(Some("b"), 20, 21),
-        write("c", 30, UNKNOWN),
-        read(Some("b"), 40, 41),
-    ];
-    assert!(
-        linear::check(&unknown).is_ok(),
-        "{:?}",
-        linear::check(&unknown)
-    );
+    for (what, history) in good {
+        let checked = linear::check(&history);
+        assert!(checked.is_ok(), "{what}: {checked:?}");
+    }
 }
 
 #[test]
 fn the_checker_rejects_stale_lost_and_premature_reads() {
-    let stale = [
-        write("a", 0, 10),
-        write("b", 20, 30),
-        read(Some("a"), 40, 50),
+    let bad: [(&str, Vec<Op>); 6] = [
+        (
+            "a read after b completed saw a",
+            vec![
+                write("a", 0, 10),
+                write("b", 20, 30),
+                read(Some("a"), 40, 50),
+            ],
+        ),
+        (
+            "a completed write was lost",
+            vec![write("a", 1, 2), read(None, 3, 4)],
+        ),
+        (
+            "read before written",
+            vec![read(Some("a"), 1, 2), write("a", 3, 4)],
+        ),
+        (
+            "b, then a again",
+            vec![
+                write("a", 0, 10),
+                write("b", 20, 30),
+                read(Some("b"), 40, 50),
+                read(Some("a"), 60, 70),
+            ],
+        ),
+        ("a value nobody wrote", vec![read(Some("z"), 1, 2)]),
+        (
+            "b held over 20..50, a read inside",
+            vec![
+                write("a", 0, 100),
+                write("b", 10, 20),
+                read(Some("a"), 30, 40),
+                read(Some("b"), 50, 60),
+            ],
+        ),
     ];
-    assert!(
-        linear::check(&stale).is_err(),
-        "a read after b completed saw a"
-    );
-    let absent = [write("a", 1, 2), read(None, 3, 4)];
-    assert!(
-        linear::check(&absent).is_err(),
-        "a completed write was lost"
-    );
-    let premature = [read(Some("a"), 1, 2), write("a", 3, 4)];
-    assert!(linear::check(&premature).is_err(), "read before written");
-    let flip_flop = [
-        write("a", 0, 10),
-        write("b", 20, 30),
-        read(Some("b"), 40, 50),
-        read(Some("a"), 60, 70),
-    ];
-    assert!(linear::check(&flip_flop).is_err(), "b, then a again");
-    let invented = [read(Some("z"), 1, 2)];
-    assert!(linear::check(&invented).is_err(), "a value nobody wrote");
-    let held_apart = [
-        write("a", 0, 100),
-        write("b", 10, 20),
-        read(Some("a"), 30, 40),
-        read(Some("b"), 50, 60),
-    ];
-    assert!(
-        linear::check(&held_apart).is_err(),
-        "b held over 20..50, a read inside"
-    );
+    for (what, history) in bad {
+        assert!(linear::check(&history).is_err(), "{what}");
+    }
 }
 
 #[test]
